@@ -1,0 +1,175 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong. Messages name the file, what is wrong and,
+/// for corruption, the byte offset where it was found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed. `ENOSPC` from growing the file
+    /// leaves the store exactly as it was.
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// What mapkv was doing ("grow the file to 4194304 bytes", ...).
+        op: String,
+        /// The error the system returned.
+        source: io::Error,
+    },
+    /// The file is not a mapkv store (empty, too short, or no magic).
+    NotAStore {
+        /// The file.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The file was written by a newer (or unknown) format version.
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The file is a store, but some bytes fail their checks.
+    Corrupted {
+        /// The file.
+        path: PathBuf,
+        /// File offset of the bad structure.
+        offset: u64,
+        /// What is wrong there.
+        what: String,
+    },
+    /// A key was empty; keys are 1 byte to 64 KiB.
+    EmptyKey,
+    /// A key was longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
+    KeyTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value was longer than [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN).
+    ValueTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A write on a store opened read-only.
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A flush failed earlier. Linux reports a writeback error only once, so
+    /// a later flush could "succeed" without the data reaching the disk;
+    /// this handle refuses writes until the store is opened again.
+    Poisoned {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The store must be recovered by a read-write open first (its last
+    /// writer crashed and no process has repaired it yet).
+    NeedsRecovery {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The store is full: the file cannot grow past 8 TiB.
+    StoreFull {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An operation this version does not support yet.
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+    },
+}
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, op, source } => {
+                write!(f, "{}: cannot {op}: {source}", path.display())
+            }
+            Error::NotAStore { path, reason } => {
+                write!(f, "{}: not a mapkv store ({reason})", path.display())
+            }
+            Error::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{}: format version {found} is not supported (this build reads version {supported})",
+                path.display()
+            ),
+            Error::Corrupted { path, offset, what } => {
+                write!(f, "{}: corrupted at offset {offset}: {what}", path.display())
+            }
+            Error::EmptyKey => write!(f, "empty key (keys are 1 byte to 64 KiB)"),
+            Error::KeyTooLarge { len, max } => {
+                write!(f, "key of {len} bytes is over the limit of {max} bytes")
+            }
+            Error::ValueTooLarge { len, max } => {
+                write!(f, "value of {len} bytes is over the limit of {max} bytes")
+            }
+            Error::ReadOnly { path } => write!(f, "{}: store is open read-only", path.display()),
+            Error::Poisoned { path } => write!(
+                f,
+                "{}: an earlier flush failed; reopen the store before writing again",
+                path.display()
+            ),
+            Error::NeedsRecovery { path } => write!(
+                f,
+                "{}: the store was not closed cleanly; open it read-write once to recover it",
+                path.display()
+            ),
+            Error::StoreFull { path } => {
+                write!(f, "{}: store is full (the 8 TiB file limit)", path.display())
+            }
+            Error::Unsupported { what } => write!(f, "{what} is not supported yet"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(source: io::Error) -> Error {
+        Error::Io {
+            path: PathBuf::new(),
+            op: "complete an I/O operation".into(),
+            source,
+        }
+    }
+}
+
+impl Error {
+    /// The underlying OS error number, for `Io` errors.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// Whether this error says the data on disk is damaged.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corrupted { .. })
+    }
+}

@@ -1,0 +1,329 @@
+//! The on-disk format, declared once: every struct that lives in the file,
+//! its size, and the constants that place it. Pure code over byte slices —
+//! no I/O, no `unsafe`. `docs/FORMAT.md` describes the same bytes in prose.
+//!
+//! All integers are little-endian and stored through the `Le*` wrappers, so
+//! every struct here has alignment 1 and can be viewed from any offset of a
+//! mapping with `bytemuck` without an alignment check failing.
+
+use bytemuck::{Pod, Zeroable};
+
+/// PNG-style magic: a high byte (catches 7-bit transfers), the name, CR LF
+/// (catches line-ending conversion), SUB (stops `type` on DOS) and LF.
+pub const MAGIC: [u8; 8] = *b"\x89MKV\r\n\x1a\n";
+/// The format this code reads and writes. Bumped on any layout change.
+pub const FORMAT_VERSION: u32 = 1;
+/// Unit of alignment for meta pages, extents and index tables.
+pub const PAGE_SIZE: u64 = 4096;
+/// Hash function id stored in the meta page: xxh3-64 with the store's seed.
+pub const HASH_XXH3: u32 = 1;
+/// The two meta pages. Each is written whole in its own page, so a torn
+/// write of one can never damage the other.
+pub const META_OFFSETS: [u64; 2] = [0, PAGE_SIZE];
+/// The live header: the published state shared by every process.
+pub const LIVE_OFFSET: u64 = 2 * PAGE_SIZE;
+/// Pages 3..16 are reserved (the cross-process reader table goes here).
+pub const DATA_START: u64 = 16 * PAGE_SIZE;
+/// Default size of a log extent; a record larger than this gets an extent of
+/// its own, rounded up to a page.
+pub const LOG_EXTENT: u64 = 1 << 20;
+/// Index tables start with this many slots (one page).
+pub const MIN_INDEX_LOG2: u32 = 9;
+
+/// Longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+/// Longest value, in bytes.
+pub const MAX_VALUE_LEN: usize = 1 << 30;
+/// Largest file offset a slot or a record's `prev` can name: slots keep
+/// `offset / 8` in 40 bits.
+pub const MAX_FILE_LEN: u64 = 1 << 43;
+
+macro_rules! le_int {
+    ($name:ident, $int:ty, $n:expr) => {
+        /// A little-endian integer with alignment 1.
+        #[repr(transparent)]
+        #[derive(Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+        pub struct $name([u8; $n]);
+        impl $name {
+            pub fn new(v: $int) -> Self {
+                Self(v.to_le_bytes())
+            }
+            pub fn get(self) -> $int {
+                <$int>::from_le_bytes(self.0)
+            }
+        }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.get().fmt(f)
+            }
+        }
+    };
+}
+le_int!(Le16, u16, 2);
+le_int!(Le32, u32, 4);
+le_int!(Le64, u64, 8);
+
+/// A 48-bit little-endian integer (sequence numbers and `prev` offsets).
+#[repr(transparent)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable, Debug)]
+pub struct Le48([u8; 6]);
+impl Le48 {
+    pub const MAX: u64 = (1 << 48) - 1;
+    pub fn new(v: u64) -> Self {
+        debug_assert!(v <= Self::MAX);
+        let b = v.to_le_bytes();
+        Self([b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+    pub fn get(self) -> u64 {
+        let b = self.0;
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], 0, 0])
+    }
+}
+
+/// Meta flag: the store was closed cleanly, so the index on disk is exactly
+/// the checkpointed one and no slot can point at a lost record.
+pub const META_CLEAN: u32 = 1;
+
+/// A meta page: the last checkpoint. Two copies, at [`META_OFFSETS`]; open
+/// picks the valid one with the highest `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct Meta {
+    pub magic: [u8; 8],
+    pub version: Le32,
+    pub page_size: Le32,
+    pub hash_id: Le32,
+    pub flags: Le32,
+    pub hash_seed: Le64,
+    /// Incremented by every meta write; the higher valid copy wins.
+    pub generation: Le64,
+    /// Last commit included in the checkpoint.
+    pub seq: Le64,
+    /// Log position where the record after commit `seq` goes.
+    pub tail: Le64,
+    /// End of the extent that holds `tail`.
+    pub tail_end: Le64,
+    /// First byte never handed out by the allocator.
+    pub alloc_end: Le64,
+    /// Offset of the first log extent (the start of a full replay).
+    pub log_first: Le64,
+    pub index_offset: Le64,
+    pub index_log2: Le32,
+    pub _pad0: Le32,
+    /// Non-empty slots in the index (for the load factor).
+    pub index_used: Le64,
+    pub key_count: Le64,
+    /// Bytes of records that are the newest version of a live key.
+    pub live_bytes: Le64,
+    /// Bytes of all committed records ever appended (live + dead).
+    pub log_bytes: Le64,
+    pub _reserved: [u8; 124],
+    /// CRC32 of bytes `0..252`.
+    pub crc: Le32,
+}
+pub const META_SIZE: usize = 256;
+const _: () = assert!(std::mem::size_of::<Meta>() == META_SIZE);
+
+impl Meta {
+    pub fn compute_crc(&self) -> u32 {
+        crc32fast::hash(&bytemuck::bytes_of(self)[..META_SIZE - 4])
+    }
+    pub fn seal(&mut self) {
+        self.crc = Le32::new(self.compute_crc());
+    }
+    pub fn is_clean(&self) -> bool {
+        self.flags.get() & META_CLEAN != 0
+    }
+}
+
+/// What a meta page slot holds, classified in the order the checks run:
+/// magic → version → sizes → checksum.
+#[derive(Debug, Clone, Copy)]
+pub enum MetaCheck {
+    BadMagic,
+    NewerVersion(u32),
+    BadVersion(u32),
+    BadParams(&'static str),
+    BadChecksum,
+    Ok(Meta),
+}
+
+pub fn check_meta(bytes: &[u8; META_SIZE]) -> MetaCheck {
+    let meta: Meta = bytemuck::pod_read_unaligned(bytes);
+    if meta.magic != MAGIC {
+        return MetaCheck::BadMagic;
+    }
+    let v = meta.version.get();
+    if v > FORMAT_VERSION {
+        return MetaCheck::NewerVersion(v);
+    }
+    if v != FORMAT_VERSION {
+        return MetaCheck::BadVersion(v);
+    }
+    if meta.crc.get() != meta.compute_crc() {
+        return MetaCheck::BadChecksum;
+    }
+    if meta.page_size.get() as u64 != PAGE_SIZE {
+        return MetaCheck::BadParams("page size is not 4096");
+    }
+    if meta.hash_id.get() != HASH_XXH3 {
+        return MetaCheck::BadParams("unknown hash function id");
+    }
+    if !(MIN_INDEX_LOG2..=40).contains(&meta.index_log2.get()) {
+        return MetaCheck::BadParams("index size out of range");
+    }
+    MetaCheck::Ok(meta)
+}
+
+/// Record kinds in the log.
+pub const KIND_PUT: u8 = 1;
+pub const KIND_DELETE: u8 = 2;
+/// Closes a transaction; its body is a [`CommitBody`].
+pub const KIND_COMMIT: u8 = 3;
+/// Ends an extent: the log continues at the extent named by its [`NextBody`].
+pub const KIND_NEXT: u8 = 4;
+
+/// Header of every log record. The key follows, then the value (or the
+/// body of a commit/next record), then zero padding to a multiple of 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RecordHeader {
+    /// CRC32 of header bytes `4..24`, the key and the value (not the padding).
+    pub crc: Le32,
+    pub val_len: Le32,
+    /// Key length minus one for puts and deletes (keys are 1 ..= 65536
+    /// bytes); zero for commit and next records, which have no key.
+    pub key_len_m1: Le16,
+    pub kind: u8,
+    pub flags: u8,
+    /// The commit this record belongs to.
+    pub seq: Le48,
+    /// File offset of the previous version of this key (0: none).
+    pub prev: Le48,
+}
+pub const HEADER_SIZE: usize = 24;
+const _: () = assert!(std::mem::size_of::<RecordHeader>() == HEADER_SIZE);
+
+/// Body of a commit record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct CommitBody {
+    /// Log position of the transaction's first record.
+    pub txn_start: Le64,
+    /// Records of the transaction before this one (puts, deletes, nexts).
+    pub n_records: Le64,
+    /// CRC32 over the `crc` fields of those records, in log order.
+    pub chain_crc: Le32,
+    pub _pad: Le32,
+}
+pub const COMMIT_BODY_SIZE: usize = 24;
+const _: () = assert!(std::mem::size_of::<CommitBody>() == COMMIT_BODY_SIZE);
+
+/// Body of a next-extent record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct NextBody {
+    pub offset: Le64,
+    pub len: Le64,
+}
+pub const NEXT_BODY_SIZE: usize = 16;
+const _: () = assert!(std::mem::size_of::<NextBody>() == NEXT_BODY_SIZE);
+
+/// Bytes a record occupies in the log, padding included.
+pub fn record_size(key_len: usize, val_len: usize) -> u64 {
+    align8((HEADER_SIZE + key_len + val_len) as u64)
+}
+pub const COMMIT_RECORD_SIZE: u64 = (HEADER_SIZE + COMMIT_BODY_SIZE) as u64;
+pub const NEXT_RECORD_SIZE: u64 = (HEADER_SIZE + NEXT_BODY_SIZE) as u64;
+
+pub fn align8(n: u64) -> u64 {
+    (n + 7) & !7
+}
+pub fn align_page(n: u64) -> u64 {
+    (n + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// The CRC a record header must carry, given its other fields and payload.
+pub fn record_crc(header: &RecordHeader, key: &[u8], val: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytemuck::bytes_of(header)[4..]);
+    h.update(key);
+    h.update(val);
+    h.finalize()
+}
+
+/// Index slots: one little-endian `u64` per slot. Zero is empty; otherwise
+/// bits 24..64 hold `offset / 8` of the newest record of the key and bits
+/// 0..24 a tag taken from the key's hash, so a probe can skip most
+/// non-matching slots without touching the record.
+pub const SLOT_EMPTY: u64 = 0;
+const TAG_BITS: u32 = 24;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+
+pub fn slot_tag(hash: u64) -> u64 {
+    hash & TAG_MASK
+}
+pub fn slot_encode(offset: u64, hash: u64) -> u64 {
+    debug_assert!(offset % 8 == 0 && offset < MAX_FILE_LEN && offset != 0);
+    ((offset >> 3) << TAG_BITS) | slot_tag(hash)
+}
+pub fn slot_offset(slot: u64) -> u64 {
+    (slot >> TAG_BITS) << 3
+}
+pub fn slot_matches(slot: u64, hash: u64) -> bool {
+    slot & TAG_MASK == slot_tag(hash)
+}
+/// Home position of a hash in a table of `2^log2` slots: its top bits, so a
+/// table's slots are (roughly) in hash order and doubling splits slot `i`
+/// into `2i` and `2i + 1`.
+pub fn slot_home(hash: u64, log2: u32) -> u64 {
+    hash >> (64 - log2)
+}
+
+/// Hashes a key with the store's seed.
+pub fn hash_key(seed: u64, key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn le48_round_trips_its_whole_range() {
+        for v in [0, 1, 0xfff, Le48::MAX, 0x1234_5678_9abc] {
+            assert_eq!(Le48::new(v).get(), v);
+        }
+    }
+
+    #[test]
+    fn slot_encoding_keeps_offset_and_tag() {
+        let h = 0xdead_beef_cafe_f00d;
+        let off = MAX_FILE_LEN - 8;
+        let s = slot_encode(off, h);
+        assert_ne!(s, SLOT_EMPTY);
+        assert_eq!(slot_offset(s), off);
+        assert!(slot_matches(s, h));
+        assert!(!slot_matches(s, h ^ 1));
+    }
+
+    #[test]
+    fn meta_checks_run_in_order() {
+        let mut m = Meta::zeroed();
+        let bytes = |m: &Meta| -> [u8; META_SIZE] { bytemuck::cast(*m) };
+        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::BadMagic));
+        m.magic = MAGIC;
+        m.version = Le32::new(FORMAT_VERSION + 1);
+        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::NewerVersion(2)));
+        m.version = Le32::new(FORMAT_VERSION);
+        m.page_size = Le32::new(PAGE_SIZE as u32);
+        m.hash_id = Le32::new(HASH_XXH3);
+        m.index_log2 = Le32::new(MIN_INDEX_LOG2);
+        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::BadChecksum));
+        m.seal();
+        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::Ok(_)));
+        m.page_size = Le32::new(8192);
+        m.seal();
+        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::BadParams(_)));
+    }
+}

@@ -1,0 +1,112 @@
+//! The persistent hash index: an open-addressing table with linear probing,
+//! living in the mapping. One `u64` slot per key (see
+//! [`slot_encode`](crate::format::slot_encode)); slots are only ever changed
+//! by single atomic stores, from empty to a record or from one record of a
+//! key to a newer one, so a reader probing concurrently sees each slot
+//! either old or new and never loses a key that its snapshot contains.
+//! Slots are never emptied, so a probe chain never breaks under a reader.
+
+use std::sync::atomic::Ordering;
+
+use crate::format::*;
+use crate::log::{self, Invalid, Record};
+use crate::storage::Mapping;
+
+/// Grow the table before it is fuller than this (numerator / 8).
+pub(crate) const MAX_LOAD_EIGHTHS: u64 = 6;
+
+/// Where a table lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Table {
+    pub off: u64,
+    pub log2: u32,
+}
+
+/// What a probe for a key found.
+pub(crate) enum Probe {
+    /// The key's slot, and the record it points to (the newest version).
+    Found { slot: u64, head: Record },
+    /// The key is absent; this is the first empty slot of its chain.
+    Vacant { slot: u64 },
+}
+
+/// A slot whose record is unreadable: the index names bytes that are not a
+/// record of any key.
+pub(crate) struct BadSlot {
+    pub slot_off: u64,
+    pub target: u64,
+    pub why: Invalid,
+}
+
+impl Table {
+    pub fn cap(&self) -> u64 {
+        1 << self.log2
+    }
+    pub fn bytes(&self) -> u64 {
+        self.cap() * 8
+    }
+    pub fn slot_off(&self, i: u64) -> u64 {
+        self.off + 8 * i
+    }
+    pub fn load(&self, map: &Mapping, i: u64) -> u64 {
+        map.load(self.slot_off(i), Ordering::Acquire)
+    }
+    pub fn store(&self, map: &Mapping, i: u64, v: u64) {
+        map.store(self.slot_off(i), v, Ordering::Release)
+    }
+
+    /// Whether `used + extra` slots stay within the load limit.
+    pub fn fits(&self, used: u64, extra: u64) -> bool {
+        (used + extra) * 8 <= self.cap() * MAX_LOAD_EIGHTHS
+    }
+
+    /// Probes for `key`. Compares full keys only on tag matches.
+    pub fn probe(&self, map: &Mapping, hash: u64, key: &[u8]) -> Result<Probe, BadSlot> {
+        let mask = self.cap() - 1;
+        let mut i = slot_home(hash, self.log2);
+        for _ in 0..self.cap() {
+            let v = self.load(map, i);
+            if v == SLOT_EMPTY {
+                return Ok(Probe::Vacant { slot: i });
+            }
+            if slot_matches(v, hash) {
+                let target = slot_offset(v);
+                let bad = |why| BadSlot {
+                    slot_off: self.slot_off(i),
+                    target,
+                    why,
+                };
+                let head = log::read_header(map, target, map.len()).map_err(bad)?;
+                if !matches!(head.kind, KIND_PUT | KIND_DELETE) {
+                    return Err(bad(Invalid::BadKind(head.kind)));
+                }
+                if head.key(map) == key {
+                    return Ok(Probe::Found { slot: i, head });
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        // A full table: only a corrupt file gets here (the writer grows the
+        // table long before), and the key is not in it.
+        Err(BadSlot {
+            slot_off: self.off,
+            target: 0,
+            why: Invalid::OutOfBounds,
+        })
+    }
+
+    /// Puts `v` into the first empty slot of `hash`'s chain, for a key known
+    /// to be absent (rebuilding a table). Returns false if the table is full.
+    pub fn insert_new(&self, map: &Mapping, hash: u64, v: u64) -> bool {
+        let mask = self.cap() - 1;
+        let mut i = slot_home(hash, self.log2);
+        for _ in 0..self.cap() {
+            if self.load(map, i) == SLOT_EMPTY {
+                self.store(map, i, v);
+                return true;
+            }
+            i = (i + 1) & mask;
+        }
+        false
+    }
+}

@@ -1,0 +1,93 @@
+//! # mapkv
+//!
+//! An embedded, persistent key-value store in one memory-mapped file.
+//!
+//! The file holds two meta pages, an append log of checksummed records, and
+//! a persistent hash index, all read in place through a `MAP_SHARED`
+//! mapping. A commit appends its records and a commit record to the log and
+//! makes them durable with one `msync`; recovery after a crash replays the
+//! log from the last checkpoint and stops at the first record that fails its
+//! check. Readers see snapshots (MVCC through per-key version chains), take
+//! no lock and copy nothing: [`ReadTxn::get`] returns a slice of the map.
+//!
+//! ```
+//! use mapkv::Store;
+//! # let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path().join("data.kv"))?;
+//!
+//! let mut tx = store.begin_write()?;
+//! tx.put(b"apple", b"red")?;
+//! tx.put(b"banana", b"yellow")?;
+//! tx.commit()?; // atomic and durable
+//!
+//! let snap = store.begin_read()?;
+//! assert_eq!(snap.get(b"apple")?, Some(&b"red"[..]));
+//! assert_eq!(snap.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Promises
+//!
+//! - **Atomicity**: a transaction's writes become visible together or not
+//!   at all, to readers and after any crash.
+//! - **Durability**: with [`Durability::Immediate`] (the default) a commit
+//!   survives a process kill and a power loss once `commit()` returns.
+//! - **Crash consistency**: after a crash at any instant, `open` shows the
+//!   state after some commit, at least the last acknowledged durable one.
+//! - **Snapshot isolation**: a [`ReadTxn`] sees one commit for its life.
+//! - **One writer** across threads and processes (an OFD file lock).
+//! - **Bad input is an error**: damaged files give an [`Error`] naming the
+//!   offset, never a panic or undefined behaviour.
+//!
+//! ## Caveats
+//!
+//! - **Space is not reclaimed yet**: overwritten and deleted records stay in
+//!   the file; [`Store::compact`] returns `Unsupported` in this version.
+//! - **The index grows by a full rebuild** inside the commit that passes its
+//!   load limit: that one commit is slower (proportional to the key count).
+//! - **Other programs must not write the file.** Like every `mmap` database,
+//!   mapkv trusts that only mapkv writes the file while it is open; a
+//!   concurrent foreign write can change bytes a reader holds a slice of.
+//! - **Keep the file on a local file system** with working `fallocate` and
+//!   `msync` (ext4, xfs). On btrfs and other copy-on-write file systems
+//!   `fallocate` does not reserve space for overwrites, so a full disk can
+//!   still raise `SIGBUS` on a write through the map.
+//! - **A failed flush poisons the handle**: Linux reports a writeback error
+//!   once, so after an `msync` error the handle refuses writes
+//!   ([`Error::Poisoned`]) until the store is reopened. The commit that saw
+//!   the error is indeterminate after a crash.
+//! - **Read-only handles** of a store whose last writer crashed, opened
+//!   when no read-write handle is alive, fail with [`Error::NeedsRecovery`];
+//!   and a read-only handle that opened while no read-write handle was
+//!   alive keeps showing the state it opened with.
+//! - **Limits**: keys 1 byte to 64 KiB, values up to 1 GiB, files up to
+//!   8 TiB. Linux only (OFD locks, `fallocate`).
+
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(missing_docs)]
+
+mod engine;
+mod error;
+mod format;
+mod index;
+mod live;
+mod log;
+mod options;
+#[allow(unsafe_code)]
+pub mod sim;
+#[allow(unsafe_code)]
+mod storage;
+mod store;
+#[allow(unsafe_code)]
+mod sys;
+mod txn;
+mod verify;
+
+pub use error::{Error, Result};
+pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use options::{Durability, Options};
+pub use store::{CompactReport, Store};
+pub use txn::{Iter, ReadTxn, WriteTxn};
+pub use verify::{Problem, Stats, VerifyReport};

@@ -1,0 +1,150 @@
+//! The live header: the newest published state, shared by every process
+//! through the mapping (page 2 of the file).
+//!
+//! Two state slots and a `current` generation: the writer fills the slot
+//! that is *not* current, then makes it current with one `Release` store.
+//! A reader loads `current`, reads that slot and checks (seqlock style) that
+//! the slot's generation did not change meanwhile. A writer that dies in the
+//! middle of publishing only ever damaged the non-current slot, so readers
+//! never block on it and never see a half-written state.
+
+use std::sync::atomic::{fence, Ordering};
+
+use crate::format::LIVE_OFFSET;
+use crate::storage::Mapping;
+
+const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"MKVLIVE1");
+const OFF_MAGIC: u64 = LIVE_OFFSET;
+const OFF_CURRENT: u64 = LIVE_OFFSET + 8;
+const SLOT_BASE: u64 = LIVE_OFFSET + 64;
+const SLOT_WORDS: u64 = 16;
+/// A slot generation that no published state has: "being written".
+const WRITING: u64 = u64::MAX;
+
+/// Everything a writer or reader needs to know about the newest commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct State {
+    /// Last commit.
+    pub seq: u64,
+    /// Where the next record goes, and the end of its extent.
+    pub tail: u64,
+    pub tail_end: u64,
+    /// First byte never handed out.
+    pub alloc_end: u64,
+    pub index_off: u64,
+    pub index_log2: u64,
+    pub index_used: u64,
+    pub key_count: u64,
+    pub live_bytes: u64,
+    pub log_bytes: u64,
+    /// Length of the file; a reader remaps before touching more.
+    pub file_len: u64,
+    /// Log up to here is durable (an `Immediate` commit or a sync ended
+    /// here); anything after was committed `Eventual`ly.
+    pub synced_tail: u64,
+    /// `log_bytes` at the last checkpoint, to space checkpoints.
+    pub ckpt_log_bytes: u64,
+    /// Generation of the newest meta page, and whether it says "clean".
+    pub meta_gen: u64,
+    pub meta_clean: u64,
+}
+
+impl State {
+    fn to_words(self) -> [u64; 15] {
+        [
+            self.seq,
+            self.tail,
+            self.tail_end,
+            self.alloc_end,
+            self.index_off,
+            self.index_log2,
+            self.index_used,
+            self.key_count,
+            self.live_bytes,
+            self.log_bytes,
+            self.file_len,
+            self.synced_tail,
+            self.ckpt_log_bytes,
+            self.meta_gen,
+            self.meta_clean,
+        ]
+    }
+    fn from_words(w: [u64; 15]) -> State {
+        State {
+            seq: w[0],
+            tail: w[1],
+            tail_end: w[2],
+            alloc_end: w[3],
+            index_off: w[4],
+            index_log2: w[5],
+            index_used: w[6],
+            key_count: w[7],
+            live_bytes: w[8],
+            log_bytes: w[9],
+            file_len: w[10],
+            synced_tail: w[11],
+            ckpt_log_bytes: w[12],
+            meta_gen: w[13],
+            meta_clean: w[14],
+        }
+    }
+}
+
+fn slot_base(gen: u64) -> u64 {
+    SLOT_BASE + (gen & 1) * SLOT_WORDS * 8
+}
+
+/// Writes a fresh live header holding `state` (the writer, at open).
+pub(crate) fn init(map: &Mapping, state: &State) {
+    for g in 0..2 {
+        write_slot(map, g, state);
+    }
+    map.store(OFF_CURRENT, 1, Ordering::Release);
+    map.store(OFF_MAGIC, LIVE_MAGIC, Ordering::Release);
+}
+
+fn write_slot(map: &Mapping, gen: u64, state: &State) {
+    let base = slot_base(gen);
+    map.store(base, WRITING, Ordering::Relaxed);
+    fence(Ordering::Release);
+    for (i, w) in state.to_words().into_iter().enumerate() {
+        map.store(base + 8 * (i as u64 + 1), w, Ordering::Relaxed);
+    }
+    map.store(base, gen, Ordering::Release);
+}
+
+/// Publishes `state` as the newest (the writer, under the writer lock).
+pub(crate) fn publish(map: &Mapping, state: &State) {
+    let next = map.load(OFF_CURRENT, Ordering::Relaxed).wrapping_add(1);
+    write_slot(map, next, state);
+    map.store(OFF_CURRENT, next, Ordering::Release);
+}
+
+/// The newest published state, or `None` if no live header was ever
+/// written to this file (or it is damaged and never settles).
+pub(crate) fn read(map: &Mapping) -> Option<State> {
+    if map.load(OFF_MAGIC, Ordering::Acquire) != LIVE_MAGIC {
+        return None;
+    }
+    // Bounded: a live writer finishes a publish in nanoseconds; a header
+    // that never settles is damaged, and the caller reports it.
+    for _ in 0..SPIN_LIMIT {
+        let gen = map.load(OFF_CURRENT, Ordering::Acquire);
+        let base = slot_base(gen);
+        if map.load(base, Ordering::Acquire) != gen {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut w = [0u64; 15];
+        for (i, x) in w.iter_mut().enumerate() {
+            *x = map.load(base + 8 * (i as u64 + 1), Ordering::Relaxed);
+        }
+        fence(Ordering::Acquire);
+        if map.load(base, Ordering::Relaxed) == gen {
+            return Some(State::from_words(w));
+        }
+    }
+    None
+}
+
+const SPIN_LIMIT: u32 = 1 << 24;

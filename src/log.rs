@@ -1,0 +1,272 @@
+//! The append log: writing records, reading them back with every length and
+//! checksum checked, and scanning for complete commits during recovery.
+//!
+//! A transaction is a run of records with one sequence number, closed by a
+//! commit record whose body names the run's start, its record count and a
+//! CRC over the records' CRCs. A run may cross extents: a next record ends
+//! an extent and names where the log goes on. Recovery accepts a commit only
+//! if every record of the run passes its CRC, carries the expected sequence
+//! number, and the commit record agrees on start, count and chained CRC —
+//! so stale bytes (an aborted transaction, an old extent) are never mistaken
+//! for a commit, whatever order the pages reached the disk in.
+
+use crate::format::*;
+use crate::storage::Mapping;
+
+/// A record whose lengths and checksum have been verified.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    pub off: u64,
+    pub kind: u8,
+    pub seq: u64,
+    pub prev: u64,
+    pub key_len: usize,
+    pub val_len: usize,
+    pub crc: u32,
+}
+
+impl Record {
+    pub fn size(&self) -> u64 {
+        record_size(self.key_len, self.val_len)
+    }
+    pub fn key_off(&self) -> u64 {
+        self.off + HEADER_SIZE as u64
+    }
+    pub fn val_off(&self) -> u64 {
+        self.key_off() + self.key_len as u64
+    }
+    pub fn key<'m>(&self, map: &'m Mapping) -> &'m [u8] {
+        map.bytes(self.key_off(), self.key_len as u64)
+            .unwrap_or(&[])
+    }
+    pub fn value<'m>(&self, map: &'m Mapping) -> &'m [u8] {
+        map.bytes(self.val_off(), self.val_len as u64)
+            .unwrap_or(&[])
+    }
+    pub fn commit_body(&self, map: &Mapping) -> Option<CommitBody> {
+        (self.kind == KIND_COMMIT).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+    }
+    pub fn next_body(&self, map: &Mapping) -> Option<NextBody> {
+        (self.kind == KIND_NEXT).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+    }
+}
+
+/// Why bytes at an offset are not a valid record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    OutOfBounds,
+    BadKind(u8),
+    BadLengths,
+    BadChecksum,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::OutOfBounds => write!(f, "record extends past its extent or the file"),
+            Invalid::BadKind(k) => write!(f, "unknown record kind {k}"),
+            Invalid::BadLengths => write!(f, "record lengths do not fit its kind"),
+            Invalid::BadChecksum => write!(f, "record checksum mismatch"),
+        }
+    }
+}
+
+/// Reads the header at `off` and checks kind, lengths and bounds (the record
+/// must end by `end`), but not the checksum.
+pub(crate) fn read_header(map: &Mapping, off: u64, end: u64) -> Result<Record, Invalid> {
+    let end = end.min(map.len());
+    if off % 8 != 0 || off.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > end) {
+        return Err(Invalid::OutOfBounds);
+    }
+    let bytes = map
+        .bytes(off, HEADER_SIZE as u64)
+        .ok_or(Invalid::OutOfBounds)?;
+    let h: RecordHeader = bytemuck::pod_read_unaligned(bytes);
+    let (field, val_len) = (h.key_len_m1.get() as usize, h.val_len.get() as usize);
+    let (key_len, lengths_ok) = match h.kind {
+        KIND_PUT => (field + 1, val_len <= MAX_VALUE_LEN),
+        KIND_DELETE => (field + 1, val_len == 0),
+        KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
+        KIND_NEXT => (0, field == 0 && val_len == NEXT_BODY_SIZE),
+        k => return Err(Invalid::BadKind(k)),
+    };
+    if !lengths_ok {
+        return Err(Invalid::BadLengths);
+    }
+    let rec = Record {
+        off,
+        kind: h.kind,
+        seq: h.seq.get(),
+        prev: h.prev.get(),
+        key_len,
+        val_len,
+        crc: h.crc.get(),
+    };
+    if off + rec.size() > end {
+        return Err(Invalid::OutOfBounds);
+    }
+    Ok(rec)
+}
+
+/// Checks a record's checksum.
+pub(crate) fn check_crc(map: &Mapping, rec: &Record) -> Result<(), Invalid> {
+    let hdr = map
+        .bytes(rec.off, HEADER_SIZE as u64)
+        .ok_or(Invalid::OutOfBounds)?;
+    let payload = map
+        .bytes(rec.key_off(), (rec.key_len + rec.val_len) as u64)
+        .ok_or(Invalid::OutOfBounds)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&hdr[4..]);
+    h.update(payload);
+    if h.finalize() == rec.crc {
+        Ok(())
+    } else {
+        Err(Invalid::BadChecksum)
+    }
+}
+
+/// Reads and fully verifies the record at `off`.
+pub(crate) fn read_record(map: &Mapping, off: u64, end: u64) -> Result<Record, Invalid> {
+    let rec = read_header(map, off, end)?;
+    check_crc(map, &rec)?;
+    Ok(rec)
+}
+
+/// Builds the header of a record (CRC included) for the given payload.
+pub(crate) fn make_header(kind: u8, seq: u64, prev: u64, key: &[u8], val: &[u8]) -> RecordHeader {
+    let mut h = RecordHeader {
+        crc: Le32::new(0),
+        val_len: Le32::new(val.len() as u32),
+        key_len_m1: Le16::new(key.len().saturating_sub(1) as u16),
+        kind,
+        flags: 0,
+        seq: Le48::new(seq),
+        prev: Le48::new(prev),
+    };
+    h.crc = Le32::new(record_crc(&h, key, val));
+    h
+}
+
+/// Writes a record at `off` (header, key, value, zero padding) and returns
+/// its CRC. The caller has checked that it fits.
+pub(crate) fn write_record(map: &Mapping, off: u64, h: &RecordHeader, key: &[u8], val: &[u8]) {
+    map.write(off, bytemuck::bytes_of(h));
+    let mut p = off + HEADER_SIZE as u64;
+    map.write(p, key);
+    p += key.len() as u64;
+    map.write(p, val);
+    p += val.len() as u64;
+    let end = off + record_size(key.len(), val.len());
+    if end > p {
+        map.write(p, &[0u8; 8][..(end - p) as usize]);
+    }
+}
+
+/// A position in the log: the next record goes at `pos`, and the extent
+/// holding it ends at `end`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub pos: u64,
+    pub end: u64,
+}
+
+/// A complete commit found by [`scan_commit`].
+#[derive(Debug)]
+pub(crate) struct ScannedCommit {
+    pub seq: u64,
+    /// Put and delete records, in log order.
+    pub records: Vec<Record>,
+    /// Where the log goes on after the commit record.
+    pub after: Cursor,
+    /// Bytes of all records of the run, commit record included.
+    pub bytes: u64,
+    /// Highest end of any extent the run entered.
+    pub max_extent_end: u64,
+}
+
+/// Which extents a next record may name: inside the file, after the fixed
+/// pages, and not over the index table in use.
+pub(crate) struct ExtentRules {
+    pub file_len: u64,
+    pub forbidden: (u64, u64),
+}
+
+impl ExtentRules {
+    fn allows(&self, off: u64, len: u64) -> bool {
+        let Some(end) = off.checked_add(len) else {
+            return false;
+        };
+        let (fa, fb) = self.forbidden;
+        off >= DATA_START
+            && off % PAGE_SIZE == 0
+            && len >= PAGE_SIZE
+            && end <= self.file_len
+            && (end <= fa || off >= fb)
+    }
+}
+
+/// Looks for a complete commit with sequence number `seq` at `at`. Returns
+/// `None` when there is none — the normal end of the log, or a torn or
+/// stale tail — without saying which: recovery treats both the same way.
+pub(crate) fn scan_commit(
+    map: &Mapping,
+    at: Cursor,
+    seq: u64,
+    rules: &ExtentRules,
+) -> Option<ScannedCommit> {
+    let mut cur = at;
+    let mut records = Vec::new();
+    let mut chain = crc32fast::Hasher::new();
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    let mut max_extent_end = cur.end;
+    loop {
+        let rec = read_header(map, cur.pos, cur.end).ok()?;
+        // Cheap rejection of stale bytes before the checksum.
+        if rec.seq != seq {
+            return None;
+        }
+        check_crc(map, &rec).ok()?;
+        bytes += rec.size();
+        match rec.kind {
+            KIND_PUT | KIND_DELETE => {
+                chain.update(&rec.crc.to_le_bytes());
+                n += 1;
+                records.push(rec);
+                cur.pos += rec.size();
+            }
+            KIND_NEXT => {
+                let body = rec.next_body(map)?;
+                let (off, len) = (body.offset.get(), body.len.get());
+                if !rules.allows(off, len) {
+                    return None;
+                }
+                chain.update(&rec.crc.to_le_bytes());
+                n += 1;
+                cur = Cursor {
+                    pos: off,
+                    end: off + len,
+                };
+                max_extent_end = max_extent_end.max(cur.end);
+            }
+            _ => {
+                let body = rec.commit_body(map)?;
+                let ok = body.txn_start.get() == at.pos
+                    && body.n_records.get() == n
+                    && body.chain_crc.get() == chain.finalize();
+                if !ok {
+                    return None;
+                }
+                cur.pos += rec.size();
+                return Some(ScannedCommit {
+                    seq,
+                    records,
+                    after: cur,
+                    bytes,
+                    max_extent_end,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! How to open a store.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use crate::engine::Shared;
+use crate::error::{Error, Result};
+use crate::sim::SimDisk;
+use crate::storage::file::FileBackend;
+use crate::Store;
+
+/// When `commit()` returns, how safe is the commit?
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// The commit is on disk: it survives a process kill and a power loss.
+    /// Costs one `msync(MS_SYNC)` per commit.
+    #[default]
+    Immediate,
+    /// The commit is visible to every reader and survives a process kill,
+    /// but a power loss may lose it (and later `Eventual` commits) until the
+    /// next `Immediate` commit or [`Store::sync`]. Older commits are never
+    /// damaged.
+    Eventual,
+}
+
+/// Options for opening a store: a builder.
+///
+/// ```
+/// use mapkv::{Durability, Options};
+/// # let dir = tempfile::tempdir()?;
+/// let store = Options::new()
+///     .durability(Durability::Eventual)
+///     .open(dir.path().join("data.kv"))?;
+/// store.put(b"k", b"v")?;
+/// store.sync()?; // now durable
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) read_only: bool,
+    pub(crate) create: bool,
+    pub(crate) durability: Durability,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+impl Options {
+    /// Read-write, create if missing, [`Durability::Immediate`].
+    pub fn new() -> Options {
+        Options {
+            read_only: false,
+            create: true,
+            durability: Durability::Immediate,
+        }
+    }
+
+    /// Open read-only: no write transactions, works on files this process
+    /// may not write. Never creates the file.
+    pub fn read_only(mut self, yes: bool) -> Options {
+        self.read_only = yes;
+        self
+    }
+
+    /// Create the store if the file does not exist (default `true`).
+    pub fn create(mut self, yes: bool) -> Options {
+        self.create = yes;
+        self
+    }
+
+    /// The durability of commits made through this handle (default
+    /// [`Durability::Immediate`]); a transaction can override it with
+    /// [`WriteTxn::set_durability`](crate::WriteTxn::set_durability).
+    pub fn durability(mut self, d: Durability) -> Options {
+        self.durability = d;
+        self
+    }
+
+    /// Opens (or creates) the store at `path`.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be opened or mapped; `NotAStore`,
+    /// `UnsupportedVersion` or `Corrupted` if its contents are not a store
+    /// this build can read; `NeedsRecovery` for a read-only open of a store
+    /// whose last writer crashed and that nobody has opened read-write since.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!self.read_only)
+            .create(self.create && !self.read_only)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                op: "open the file".into(),
+                source,
+            })?;
+        let backend = FileBackend::new(file, path.to_path_buf(), !self.read_only);
+        Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+    }
+
+    /// Opens a store on a simulated disk (see [`crate::sim`]), for crash
+    /// and fault testing. Each call is a separate handle, as if another
+    /// process opened the file.
+    pub fn open_sim(&self, disk: &SimDisk) -> Result<Store> {
+        let backend = disk.handle(!self.read_only);
+        if disk.is_empty() && (!self.create || self.read_only) {
+            return Err(Error::NotAStore {
+                path: "<sim>".into(),
+                reason: "empty file".into(),
+            });
+        }
+        Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+    }
+}

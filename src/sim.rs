@@ -1,0 +1,357 @@
+//! A simulated disk for crash-consistency testing.
+//!
+//! A [`SimDisk`] is memory standing in for a store file. It keeps two
+//! images: the *live* bytes (what a `MAP_SHARED` mapping shows — the page
+//! cache) and the *durable* bytes (what the platter holds). Only a flush
+//! copies live to durable; growth is durable at once, as the real backend's
+//! growth ends with `fdatasync`. A power cut at any instant is then "the
+//! durable image, plus any subset of the sectors that differ in the live
+//! one" — exactly what can reach a disk that writes back dirty pages in any
+//! order and tears writes at 512-byte sectors.
+//!
+//! ```
+//! use mapkv::{Options, sim::SimDisk};
+//!
+//! let disk = SimDisk::new(64 << 20);
+//! let store = Options::new().open_sim(&disk)?;
+//! store.put(b"k", b"v")?;
+//! disk.cut_at_flush(disk.flush_count()); // capture the state at the next flush
+//! store.put(b"k", b"w")?;
+//! let cut = disk.take_cut().expect("a flush happened");
+//! // Lose every unflushed sector: the store must still open, at some commit.
+//! let crashed = SimDisk::from_image(&cut.image(|_| false), 64 << 20);
+//! let store = Options::new().open_sim(&crashed)?;
+//! assert_eq!(store.get(b"k")?.as_deref(), Some(&b"v"[..]));
+//! # Ok::<(), mapkv::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::storage::{Backend, LockId, LockMode, Mapping, Owner};
+
+/// Sector size of the simulated disk: the unit a power cut can tear.
+pub const SECTOR: u64 = 512;
+
+/// Memory standing in for a store file. Cloning gives another handle to the
+/// same disk.
+#[derive(Clone)]
+pub struct SimDisk {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The live image: `capacity` bytes, 8-byte aligned, never moved, so
+    /// mappings of it stay valid as the simulated file grows.
+    buf: Box<[AtomicU64]>,
+    capacity: u64,
+    state: Mutex<State>,
+    cond: Condvar,
+    next_handle: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    len: u64,
+    durable: Vec<u8>,
+    flushes: u64,
+    cut_at: Option<u64>,
+    cut: Option<CrashPoint>,
+    fail_flushes: bool,
+    fail_grows: u32,
+    locks: HashMap<LockId, Vec<(u64, LockMode)>>,
+}
+
+/// The state of a disk at one instant: what is durable and what is only in
+/// the page cache. See [`CrashPoint::image`].
+#[derive(Clone, Debug)]
+pub struct CrashPoint {
+    /// Bytes that reached the disk.
+    pub durable: Vec<u8>,
+    /// Bytes the mapping showed (durable plus unflushed writes).
+    pub live: Vec<u8>,
+}
+
+impl CrashPoint {
+    /// Offsets of the sectors whose live and durable contents differ: the
+    /// sectors a power cut may or may not have written.
+    pub fn dirty_sectors(&self) -> Vec<u64> {
+        self.live
+            .chunks(SECTOR as usize)
+            .zip(self.durable.chunks(SECTOR as usize))
+            .enumerate()
+            .filter(|(_, (l, d))| l != d)
+            .map(|(i, _)| i as u64 * SECTOR)
+            .collect()
+    }
+
+    /// The disk after a power cut: the durable image, with each dirty sector
+    /// replaced by its live contents where `land(sector_offset)` says so.
+    pub fn image(&self, mut land: impl FnMut(u64) -> bool) -> Vec<u8> {
+        let mut out = self.durable.clone();
+        for off in self.dirty_sectors() {
+            if land(off) {
+                let (a, b) = (off as usize, ((off + SECTOR) as usize).min(out.len()));
+                out[a..b].copy_from_slice(&self.live[a..b]);
+            }
+        }
+        out
+    }
+}
+
+impl SimDisk {
+    /// An empty disk (a zero-length file) that can grow to `capacity` bytes;
+    /// growth past it fails with `ENOSPC`.
+    pub fn new(capacity: u64) -> SimDisk {
+        let words = capacity.div_ceil(8) as usize;
+        let buf: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        SimDisk {
+            shared: Arc::new(Shared {
+                buf,
+                capacity: words as u64 * 8,
+                state: Mutex::new(State::default()),
+                cond: Condvar::new(),
+                next_handle: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// A disk whose durable and live contents are `image` (a file after a
+    /// crash, or a store built elsewhere).
+    ///
+    /// # Panics
+    /// If `image` is longer than `capacity`.
+    pub fn from_image(image: &[u8], capacity: u64) -> SimDisk {
+        assert!(image.len() as u64 <= capacity, "image larger than the disk");
+        let disk = SimDisk::new(capacity);
+        for (i, chunk) in image.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            disk.shared.buf[i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        let mut st = disk.state();
+        st.len = image.len() as u64;
+        st.durable = image.to_vec();
+        drop(st);
+        disk
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
+    }
+
+    /// Current length of the simulated file.
+    pub fn len(&self) -> u64 {
+        self.state().len
+    }
+
+    /// Whether the simulated file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Flushes so far (successful or failed).
+    pub fn flush_count(&self) -> u64 {
+        self.state().flushes
+    }
+
+    /// Captures a [`CrashPoint`] when flush number `n` (counting from 0, as
+    /// [`flush_count`](Self::flush_count) does) starts, before it writes
+    /// anything: the state of a power cut anywhere between flush `n - 1`
+    /// returning and flush `n` returning.
+    pub fn cut_at_flush(&self, n: u64) {
+        let mut st = self.state();
+        st.cut_at = Some(n);
+        st.cut = None;
+    }
+
+    /// The crash point captured by [`cut_at_flush`](Self::cut_at_flush), if
+    /// that flush happened.
+    pub fn take_cut(&self) -> Option<CrashPoint> {
+        self.state().cut.take()
+    }
+
+    /// The state right now. Waits for any write transaction on this disk to
+    /// end, so the live image is not read while it is being written.
+    pub fn crash_point(&self) -> CrashPoint {
+        let handle = self.handle(false);
+        handle
+            .lock(LockId::Writer, LockMode::Exclusive, true)
+            .expect("simulated locks do not fail");
+        let st = self.state();
+        CrashPoint {
+            durable: st.durable.clone(),
+            live: self.shared.copy_live(st.len),
+        }
+    }
+
+    /// Makes every flush fail with `EIO` (and write nothing) while `yes`.
+    pub fn fail_flushes(&self, yes: bool) {
+        self.state().fail_flushes = yes;
+    }
+
+    /// Makes the next `n` growths fail with `ENOSPC`.
+    pub fn fail_grows(&self, n: u32) {
+        self.state().fail_grows = n;
+    }
+
+    pub(crate) fn handle(&self, writable: bool) -> SimHandle {
+        SimHandle {
+            shared: self.shared.clone(),
+            id: self.shared.next_handle.fetch_add(1, Ordering::Relaxed),
+            writable,
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.buf.as_ptr() as *mut u8
+    }
+
+    fn copy_live(&self, len: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len as usize);
+        for w in &self.buf[..len.div_ceil(8) as usize] {
+            out.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+        }
+        out.truncate(len as usize);
+        out
+    }
+}
+
+/// One open "file description" of a [`SimDisk`]: locks belong to it, as OFD
+/// locks belong to a description.
+pub(crate) struct SimHandle {
+    shared: Arc<Shared>,
+    id: u64,
+    writable: bool,
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        for holders in st.locks.values_mut() {
+            holders.retain(|(h, _)| *h != self.id);
+        }
+        self.shared.cond.notify_all();
+    }
+}
+
+fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+impl Backend for SimHandle {
+    fn path(&self) -> &Path {
+        Path::new("<sim>")
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.shared.state().len)
+    }
+
+    fn map(&self, len: u64) -> io::Result<Mapping> {
+        assert!(len <= self.shared.capacity);
+        let owner: Arc<dyn Send + Sync> = self.shared.clone();
+        // SAFETY: the buffer is `capacity` bytes of AtomicU64 (8-aligned),
+        // never moved or freed while `owner` (an Arc of it) lives, and
+        // `len <= capacity`.
+        Ok(unsafe {
+            Mapping::new(
+                self.shared.base(),
+                len,
+                self.writable,
+                Owner::Sim { _keep: owner },
+            )
+        })
+    }
+
+    fn grow(&self, new_len: u64) -> io::Result<()> {
+        let mut st = self.shared.state();
+        if st.fail_grows > 0 {
+            st.fail_grows -= 1;
+            return Err(enospc());
+        }
+        if new_len > self.shared.capacity {
+            return Err(enospc());
+        }
+        if new_len > st.len {
+            st.len = new_len;
+            st.durable.resize(new_len as usize, 0);
+        }
+        Ok(())
+    }
+
+    fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
+        let mut st = self.shared.state();
+        let n = st.flushes;
+        st.flushes += 1;
+        if st.cut_at == Some(n) {
+            st.cut = Some(CrashPoint {
+                durable: st.durable.clone(),
+                live: self.shared.copy_live(st.len),
+            });
+        }
+        if st.fail_flushes {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        // msync works on whole pages.
+        let start = off & !(crate::format::PAGE_SIZE - 1);
+        let end = crate::format::align_page(off + len)
+            .min(st.len)
+            .min(map.len());
+        if start < end {
+            let mut tmp = vec![0u8; (end - start) as usize];
+            map.copy_out(start, &mut tmp);
+            st.durable[start as usize..end as usize].copy_from_slice(&tmp);
+        }
+        Ok(())
+    }
+
+    fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool> {
+        let mut st = self.shared.state();
+        loop {
+            let holders = st.locks.entry(id).or_default();
+            if mode == LockMode::Unlock {
+                holders.retain(|(h, _)| *h != self.id);
+                self.shared.cond.notify_all();
+                return Ok(true);
+            }
+            let conflict = holders.iter().any(|&(h, m)| {
+                h != self.id && (mode == LockMode::Exclusive || m == LockMode::Exclusive)
+            });
+            if !conflict {
+                holders.retain(|(h, _)| *h != self.id);
+                holders.push((self.id, mode));
+                if mode == LockMode::Shared {
+                    self.shared.cond.notify_all();
+                }
+                return Ok(true);
+            }
+            if !wait {
+                return Ok(false);
+            }
+            st = self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn held_by_others(&self, id: LockId) -> io::Result<bool> {
+        let st = self.shared.state();
+        Ok(st
+            .locks
+            .get(&id)
+            .is_some_and(|hs| hs.iter().any(|(h, _)| *h != self.id)))
+    }
+}

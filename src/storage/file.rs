@@ -1,0 +1,120 @@
+//! The real backend: one file, `mmap(MAP_SHARED)`, growth by
+//! `fallocate` + zero-fill + `ftruncate` + `fdatasync`, flush by
+//! `msync(MS_SYNC)`, and OFD locks.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{Backend, LockId, LockMode, Mapping, Owner};
+use crate::sys::{self, LockKind};
+
+pub(crate) struct FileBackend {
+    file: File,
+    path: PathBuf,
+    writable: bool,
+}
+
+impl FileBackend {
+    pub(crate) fn new(file: File, path: PathBuf, writable: bool) -> FileBackend {
+        FileBackend {
+            file,
+            path,
+            writable,
+        }
+    }
+}
+
+fn lock_byte(id: LockId) -> u64 {
+    match id {
+        LockId::Writer => 0,
+        LockId::Open => 1,
+        LockId::Live => 2,
+    }
+}
+
+/// Zero-filling chunk: large enough to be sequential, small enough to keep
+/// the buffer cheap.
+const ZERO_CHUNK: usize = 1 << 20;
+
+impl Backend for FileBackend {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn map(&self, len: u64) -> io::Result<Mapping> {
+        let mut opts = memmap2::MmapOptions::new();
+        opts.len(len as usize);
+        let raw = if self.writable {
+            opts.map_raw(&self.file)?
+        } else {
+            opts.map_raw_read_only(&self.file)?
+        };
+        // Faults bring in one page, not a readahead window: the index is
+        // read and dirtied at random, and large page-cache folios would turn
+        // one dirty slot into ~160 KiB of writeback (docs/DESIGN.md).
+        raw.advise(memmap2::Advice::Random)?;
+        let ptr = raw.as_mut_ptr();
+        // SAFETY: `raw` maps `len` bytes at a page-aligned address and is
+        // moved into the Mapping's owner, so the memory lives as long as the
+        // Mapping. The file is never truncated below `len` while open
+        // (storage module docs), so no access within `len` can fault.
+        Ok(unsafe { Mapping::new(ptr, len, self.writable, Owner::Mmap(raw)) })
+    }
+
+    fn grow(&self, new_len: u64) -> io::Result<()> {
+        let old_len = self.file_len()?;
+        if new_len <= old_len {
+            return Ok(());
+        }
+        // 1. Reserve the blocks: a full disk fails here, before anything
+        //    changed, instead of as SIGBUS on a later write through the map.
+        match sys::fallocate_keep_size(&self.file, old_len, new_len - old_len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+            Err(e) => return Err(e),
+        }
+        // 2. Make the blocks written zeros. fallocate leaves "unwritten"
+        //    extents, and the first writeback into one needs a journal commit
+        //    to convert it: a commit into fallocated space costs roughly two
+        //    flushes where one into written space costs one (docs/DESIGN.md).
+        //    Writing zeros once at growth moves that cost out of commits.
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut off = old_len;
+        while off < new_len {
+            let n = (new_len - off).min(ZERO_CHUNK as u64) as usize;
+            self.file.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        // 3. The exact length, then make data and length durable before any
+        //    meta page or log record can name the new space.
+        self.file.set_len(new_len)?;
+        self.file.sync_data()
+    }
+
+    fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
+        map.msync(off, len)
+    }
+
+    fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool> {
+        let kind = match mode {
+            LockMode::Shared => LockKind::Read,
+            LockMode::Exclusive => LockKind::Write,
+            LockMode::Unlock => LockKind::Unlock,
+        };
+        sys::ofd_lock(&self.file, lock_byte(id), kind, wait)
+    }
+
+    fn held_by_others(&self, id: LockId) -> io::Result<bool> {
+        sys::ofd_held_by_others(&self.file, lock_byte(id))
+    }
+}

@@ -1,0 +1,270 @@
+//! Storage: the bytes of a store and the operations on them that can fail.
+//!
+//! The engine sees a store as a [`Mapping`] (a window of bytes it reads and
+//! writes in place) plus a [`Backend`] that can grow the file, flush a range
+//! and take locks. Two backends exist: [`file::FileBackend`] (the real one:
+//! `mmap(MAP_SHARED)`, `fallocate`, `msync`, OFD locks) and
+//! [`crate::sim::SimDisk`] (memory that records what was flushed, for
+//! power-loss simulation and fault injection).
+//!
+//! # Why handing out `&[u8]` into a shared mapping is sound here
+//!
+//! A `MAP_SHARED` mapping can be written by this thread, another thread, or
+//! another process at any time. A Rust reference promises the bytes behind
+//! it do not change while it lives; the engine keeps that promise by
+//! splitting the file into three kinds of bytes and accessing each kind in
+//! only one way:
+//!
+//! 1. **Shared mutable words** — the meta pages, the live header and the
+//!    index slots. They change while others read them, so they are *only*
+//!    read and written through `AtomicU64` (8-byte aligned: meta pages, the
+//!    live header and index tables are page-aligned). No reference to their
+//!    bytes is ever formed. Meta pages are copied out word by word and then
+//!    checked by CRC, so a copy torn by a concurrent write is rejected, not
+//!    trusted.
+//! 2. **Committed log records** — written once by the writer *before* the
+//!    commit that contains them is published, and never written again while
+//!    the store is open (log space is never reused by this version of the
+//!    format). A reader only reaches a record through an index slot or a
+//!    commit it loaded with `Acquire` ordering after the writer's `Release`
+//!    store, so the bytes are complete and stable for as long as the mapping
+//!    lives. `&[u8]` borrows are handed out only for these bytes, and only
+//!    with a lifetime tied to a transaction that holds the mapping (`Arc`).
+//! 3. **The log beyond the published tail** — written only by the holder of
+//!    the writer lock (one per store across processes), read only by it (for
+//!    its own uncommitted records and for recovery). Nobody else forms a
+//!    reference to these bytes.
+//!
+//! Growth never moves bytes under a reader: a grown file is mapped anew and
+//! the old [`Mapping`] stays alive (`Arc`) until the last transaction using
+//! it ends. The file is never truncated while open. What this cannot defend
+//! against is another program writing the file outside mapkv's protocol; as
+//! with every `mmap` database (LMDB included), that is outside the contract
+//! (see the crate's *Caveats*).
+
+pub(crate) mod file;
+
+use std::io;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Which advisory lock (see `docs/DESIGN.md`, "Locks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LockId {
+    /// Exclusive: held by the one writer for the length of a write
+    /// transaction (and during open-time recovery).
+    Writer,
+    /// Shared by every open store; exclusive means "this handle is alone".
+    Open,
+    /// Shared by every handle whose live header is valid; nobody holding it
+    /// means the live header may be stale (left from before a reboot).
+    Live,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    Shared,
+    Exclusive,
+    Unlock,
+}
+
+/// What the engine needs from the thing that holds the bytes.
+///
+/// Contract, one line each:
+/// - `file_len`: the current length of the underlying file.
+/// - `map`: a mapping of the first `len` bytes (`len` ≤ `file_len`).
+/// - `grow`: make `[file_len, new_len)` real (allocated, zero) and the new
+///   length durable, or fail leaving the length as it was.
+/// - `flush`: make `[off, off + len)` of `map` durable (`msync(MS_SYNC)`).
+/// - `lock`: take, convert or release an advisory lock held by this handle;
+///   `false` when `wait` is false and another handle holds a conflicting one.
+/// - `held_by_others`: whether another handle holds `id` in any mode.
+pub(crate) trait Backend: Send + Sync {
+    fn path(&self) -> &Path;
+    fn writable(&self) -> bool;
+    fn file_len(&self) -> io::Result<u64>;
+    fn map(&self, len: u64) -> io::Result<Mapping>;
+    fn grow(&self, new_len: u64) -> io::Result<()>;
+    fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
+    fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool>;
+    fn held_by_others(&self, id: LockId) -> io::Result<bool>;
+}
+
+/// What keeps a mapping's memory alive.
+pub(crate) enum Owner {
+    Mmap(memmap2::MmapRaw),
+    /// Only held: the Arc keeps the simulated disk's buffer alive.
+    Sim {
+        _keep: Arc<dyn Send + Sync>,
+    },
+}
+
+/// A window onto the first `len` bytes of a store.
+///
+/// All raw-pointer access of the crate happens in this impl. See the module
+/// docs for the rules each method relies on.
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: u64,
+    writable: bool,
+    owner: Owner,
+}
+
+// SAFETY: a Mapping is a pointer into memory owned by `owner` (an mmap or a
+// heap buffer kept alive by an Arc), which lives as long as the Mapping. The
+// pointer itself is never mutated. Concurrent access to the bytes follows
+// the three rules in the module docs: atomics for shared words, immutable
+// committed records, writer-only uncommitted log. None of these depend on
+// which thread holds the Mapping.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only exposes atomics, reads of immutable
+// bytes, and writes that the writer lock makes exclusive.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// # Safety
+    /// `ptr` must point to `len` bytes, 8-byte aligned, that stay valid (and
+    /// are not unmapped or freed) as long as `owner` lives.
+    pub(crate) unsafe fn new(ptr: *mut u8, len: u64, writable: bool, owner: Owner) -> Mapping {
+        let ptr = NonNull::new(ptr).expect("mapping pointer is null");
+        assert_eq!(
+            ptr.as_ptr() as usize % 8,
+            0,
+            "mapping is not 8-byte aligned"
+        );
+        Mapping {
+            ptr,
+            len,
+            writable,
+            owner,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn in_bounds(&self, off: u64, len: u64) -> bool {
+        off.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    /// The bytes `[off, off + len)`, or `None` if they are outside the map.
+    ///
+    /// The caller promises the range is immutable while the borrow lives:
+    /// a committed log record (rule 2), or uncommitted log that only the
+    /// calling writer writes and that it does not write while borrowed
+    /// (rule 3; the `&mut self` receivers of `WriteTxn` enforce that).
+    pub(crate) fn bytes(&self, off: u64, len: u64) -> Option<&[u8]> {
+        if !self.in_bounds(off, len) {
+            return None;
+        }
+        // SAFETY: the range is inside the mapping (checked above), which
+        // lives as long as `self`; the caller guarantees nobody writes it
+        // while the returned borrow lives (module docs, rules 2 and 3).
+        Some(unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(off as usize), len as usize)
+        })
+    }
+
+    /// The shared word at `off` (rule 1). `None` if unaligned or outside.
+    pub(crate) fn atomic(&self, off: u64) -> Option<&AtomicU64> {
+        if off % 8 != 0 || !self.in_bounds(off, 8) {
+            return None;
+        }
+        // SAFETY: in bounds and 8-byte aligned (the base is 8-aligned, see
+        // `new`); AtomicU64 has the size and alignment of u64, and every
+        // access to shared words goes through atomics (rule 1), so there is
+        // no mixed atomic/non-atomic access to race with.
+        Some(unsafe { &*(self.ptr.as_ptr().add(off as usize) as *const AtomicU64) })
+    }
+
+    /// Loads a little-endian shared word. Panics if `off` is not a valid
+    /// word: callers pass constants or offsets validated on open.
+    pub(crate) fn load(&self, off: u64, order: Ordering) -> u64 {
+        u64::from_le(self.word(off).load(order))
+    }
+
+    /// Stores a little-endian shared word (writer only).
+    pub(crate) fn store(&self, off: u64, v: u64, order: Ordering) {
+        assert!(self.writable, "store into a read-only mapping");
+        self.word(off).store(v.to_le(), order)
+    }
+
+    fn word(&self, off: u64) -> &AtomicU64 {
+        match self.atomic(off) {
+            Some(w) => w,
+            None => panic!("shared word at {off} is outside the {}-byte map", self.len),
+        }
+    }
+
+    /// Copies shared words out (rule 1) — for meta pages, which a writer in
+    /// another process may be rewriting; the caller checks the copy's CRC.
+    pub(crate) fn read_words(&self, off: u64, out: &mut [u8]) {
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let w = self
+                .load(off + 8 * i as u64, Ordering::Acquire)
+                .to_le_bytes();
+            chunk.copy_from_slice(&w[..chunk.len()]);
+        }
+    }
+
+    /// Writes shared words (rule 1): meta pages. `data.len()` must be a
+    /// multiple of 8.
+    pub(crate) fn write_words(&self, off: u64, data: &[u8]) {
+        assert_eq!(data.len() % 8, 0);
+        for (i, chunk) in data.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            self.store(off + 8 * i as u64, u64::from_le_bytes(w), Ordering::Release);
+        }
+    }
+
+    /// Writes log bytes beyond the published tail (rule 3). Panics when out
+    /// of bounds: the writer sizes the map before writing.
+    pub(crate) fn write(&self, off: u64, data: &[u8]) {
+        assert!(self.writable, "write into a read-only mapping");
+        assert!(
+            self.in_bounds(off, data.len() as u64),
+            "write at {off} outside the map"
+        );
+        // SAFETY: in bounds (checked); the mapping is writable; the range is
+        // uncommitted log that only the writer-lock holder touches and no
+        // borrow of it is alive (rule 3).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr.as_ptr().add(off as usize),
+                data.len(),
+            )
+        }
+    }
+
+    /// `msync(MS_SYNC)` of a range, for the file backend.
+    pub(crate) fn msync(&self, off: u64, len: u64) -> io::Result<()> {
+        match &self.owner {
+            Owner::Mmap(m) => {
+                let len = len.min(self.len.saturating_sub(off));
+                m.flush_range(off as usize, len as usize)
+            }
+            Owner::Sim { .. } => Err(io::Error::other("msync on a simulated mapping")),
+        }
+    }
+
+    /// Copies `[off, off + len)` out with plain reads, for the simulator's
+    /// flush. Only the writer calls it, and only the writer writes, so the
+    /// copy never races a write.
+    pub(crate) fn copy_out(&self, off: u64, out: &mut [u8]) {
+        assert!(self.in_bounds(off, out.len() as u64));
+        // SAFETY: in bounds; the simulator calls this from the writer's
+        // flush, while no other thread writes (only the writer writes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(off as usize),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The store handle.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::engine::Shared;
+use crate::error::{Error, Result};
+use crate::live;
+use crate::options::Options;
+use crate::txn::{ReadTxn, WriteTxn};
+use crate::verify::{self, Stats, VerifyReport};
+
+/// An open store. `Send + Sync`: share it between threads with `&` or `Arc`.
+///
+/// Any number of [`ReadTxn`]s may be open at once, in any thread; at most
+/// one [`WriteTxn`] exists at a time across all threads and processes.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+/// store.put(b"hello", b"world")?;
+/// assert_eq!(store.get(b"hello")?, Some(b"world".to_vec()));
+/// assert!(store.delete(b"hello")?);
+/// assert_eq!(store.get(b"hello")?, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store {
+    shared: Shared,
+    closed: AtomicBool,
+}
+
+/// What [`Store::compact`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompactReport {
+    /// File size before compaction, in bytes.
+    pub bytes_before: u64,
+    /// File size after compaction, in bytes.
+    pub bytes_after: u64,
+    /// Live records copied out of reclaimed space.
+    pub records_moved: u64,
+    /// Wall time the compaction took.
+    pub duration: Duration,
+}
+
+impl Store {
+    /// Opens the store at `path` read-write, creating it if missing, with
+    /// [`Durability::Immediate`](crate::Durability::Immediate). See
+    /// [`Options`] for other ways to open.
+    ///
+    /// # Errors
+    /// As [`Options::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Options::new().open(path)
+    }
+
+    pub(crate) fn from_shared(shared: Shared) -> Store {
+        Store {
+            shared,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The file this store lives in (`<sim>` for a simulated disk).
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Begins a snapshot of the newest commit. Takes no lock; the only
+    /// system call it can make is a remap after the file grew.
+    ///
+    /// # Errors
+    /// `Io` if a remap fails; `Corrupted` if the shared header is damaged.
+    pub fn begin_read(&self) -> Result<ReadTxn<'_>> {
+        ReadTxn::new(&self.shared)
+    }
+
+    /// Begins the write transaction, waiting while another thread or
+    /// process holds it.
+    ///
+    /// # Errors
+    /// `ReadOnly`; `Poisoned` after a failed flush; `Io` from the lock, or
+    /// from a checkpoint or recovery this call had to finish first.
+    pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
+        match WriteTxn::begin(&self.shared, true)? {
+            Some(t) => Ok(t),
+            None => unreachable!("a waiting begin_write always gets the lock"),
+        }
+    }
+
+    /// Begins the write transaction if no other thread or process holds it;
+    /// `Ok(None)` if one does.
+    ///
+    /// # Errors
+    /// As [`begin_write`](Self::begin_write).
+    pub fn try_begin_write(&self) -> Result<Option<WriteTxn<'_>>> {
+        WriteTxn::begin(&self.shared, false)
+    }
+
+    /// The newest committed value of `key`, copied out.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.begin_read()?.get(key)?.map(<[u8]>::to_vec))
+    }
+
+    /// Sets `key` to `value` in a transaction of its own.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut tx = self.begin_write()?;
+        tx.put(key, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes `key` in a transaction of its own; returns whether it existed.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        let mut tx = self.begin_write()?;
+        let existed = tx.delete(key)?;
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    /// Makes every commit so far durable (those made with
+    /// [`Durability::Eventual`](crate::Durability::Eventual)), with one
+    /// flush. Waits for the writer lock.
+    pub fn sync(&self) -> Result<()> {
+        let Some((mut w, map)) = self.shared.begin_writer(true)? else {
+            unreachable!("a waiting begin_writer always gets the lock");
+        };
+        let mut st = w.state;
+        let result = if st.synced_tail != st.tail || w.full_flush || !w.unsynced.is_empty() {
+            self.shared
+                .flush_unsynced(&mut w, &map, &mut st, &[])
+                .map(|()| {
+                    live::publish(&map, &st);
+                    w.state = st;
+                })
+        } else {
+            Ok(())
+        };
+        self.shared.end_writer();
+        result
+    }
+
+    /// Reclaims the space of overwritten and deleted records.
+    ///
+    /// # Errors
+    /// `Unsupported` in this version: space reclamation is not built yet.
+    pub fn compact(&self) -> Result<CompactReport> {
+        Err(Error::Unsupported { what: "compaction" })
+    }
+
+    /// Counters describing the newest commit: keys, bytes, index load.
+    pub fn stats(&self) -> Result<Stats> {
+        let (st, _) = self.shared.snapshot()?;
+        Ok(verify::stats(&st))
+    }
+
+    /// Checks the whole store against one snapshot: every record's
+    /// checksum, every commit, every index slot, the key count. Reports
+    /// every problem found (with its offset); see [`VerifyReport::is_ok`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"k", b"v")?;
+    /// let report = store.verify()?;
+    /// assert!(report.is_ok(), "{report}");
+    /// assert_eq!(report.keys, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Only for failures to read at all (`Io`); damage is in the report.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let (st, map) = self.shared.snapshot()?;
+        Ok(verify::verify(&self.shared, &map, &st))
+    }
+
+    /// Closes the store, reporting errors that dropping it would ignore.
+    /// The last handle to close (in any process) writes a checkpoint so the
+    /// next open does no recovery work.
+    pub fn close(self) -> Result<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        self.shared.close()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Relaxed) {
+            let _ = self.shared.close();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}

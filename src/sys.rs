@@ -1,0 +1,106 @@
+//! The few system calls that have no safe wrapper in the crates we use:
+//! open-file-description (OFD) byte-range locks and `fallocate`.
+//!
+//! OFD locks belong to the open file description, not the process: two
+//! `Store`s on one file in one process exclude each other, and closing some
+//! other descriptor of the file does not drop them (the classic `fcntl`
+//! lock pitfall that LMDB documents). The kernel drops them when the
+//! description is closed, including when the process dies.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Lock bytes live far beyond any real data; they need not exist in the file.
+const LOCK_BASE: i64 = 1 << 62;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+fn flock_for(byte: u64, kind: LockKind) -> libc::flock {
+    // SAFETY: `libc::flock` is a plain C struct of integers, valid when zeroed.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+        LockKind::Unlock => libc::F_UNLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = LOCK_BASE + byte as i64;
+    fl.l_len = 1;
+    fl.l_pid = 0; // required by OFD locks
+    fl
+}
+
+/// Takes, converts or releases the OFD lock on lock byte `byte`. Returns
+/// `Ok(false)` if `wait` is false and another description holds a
+/// conflicting lock.
+pub(crate) fn ofd_lock(file: &File, byte: u64, kind: LockKind, wait: bool) -> io::Result<bool> {
+    let mut fl = flock_for(byte, kind);
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    loop {
+        // SAFETY: `fl` is a valid, initialised flock that outlives the call;
+        // the descriptor is open for as long as `file` is borrowed.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Whether another open file description holds any lock on `byte` that
+/// would conflict with an exclusive lock.
+pub(crate) fn ofd_held_by_others(file: &File, byte: u64) -> io::Result<bool> {
+    let mut fl = flock_for(byte, LockKind::Write);
+    // SAFETY: as in `ofd_lock`; F_OFD_GETLK only writes into `fl`.
+    let r = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_OFD_GETLK,
+            &mut fl as *mut libc::flock,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Allocates `[off, off + len)` without changing the file size. Returns
+/// `ErrorKind::Unsupported` where the file system cannot.
+pub(crate) fn fallocate_keep_size(file: &File, off: u64, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: plain syscall on an open descriptor with integer arguments.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => return Err(io::Error::from(io::ErrorKind::Unsupported)),
+            _ => return Err(err),
+        }
+    }
+}

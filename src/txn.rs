@@ -1,0 +1,443 @@
+//! Read and write transactions.
+
+use std::sync::{Arc, MutexGuard};
+
+use hashbrown::HashTable;
+
+use crate::engine::{check_key, check_value, Shared, Writer};
+use crate::error::Result;
+use crate::format::*;
+use crate::live::{self, State};
+use crate::log::{self, Cursor};
+use crate::options::Durability;
+use crate::storage::Mapping;
+
+/// A snapshot: one committed state of the store, for as long as it lives.
+///
+/// Reads take no lock and make no system call; [`get`](Self::get) returns a
+/// slice of the mapped file itself (no copy, no allocation), valid while the
+/// transaction lives. Commits made after [`Store::begin_read`]
+/// (crate::Store::begin_read) — by this process or any other — are not
+/// visible; begin a new `ReadTxn` to see them.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+/// store.put(b"a", b"1")?;
+/// let snap = store.begin_read()?;
+/// store.put(b"a", b"2")?;
+/// assert_eq!(snap.get(b"a")?, Some(&b"1"[..])); // still the old state
+/// assert_eq!(store.begin_read()?.get(b"a")?, Some(&b"2"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ReadTxn<'s> {
+    shared: &'s Shared,
+    map: Arc<Mapping>,
+    st: State,
+}
+
+impl<'s> ReadTxn<'s> {
+    pub(crate) fn new(shared: &'s Shared) -> Result<ReadTxn<'s>> {
+        let (st, map) = shared.snapshot()?;
+        Ok(ReadTxn { shared, map, st })
+    }
+
+    /// The value of `key` in this snapshot, borrowed from the mapped file.
+    ///
+    /// # Errors
+    /// `EmptyKey`/`KeyTooLarge` for an invalid key; `Corrupted` if the
+    /// index or the record fails its checks (the record's CRC is verified
+    /// on every read).
+    pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.shared.lookup(&self.map, &self.st, key)
+    }
+
+    /// Whether `key` has a value in this snapshot.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Number of keys in this snapshot.
+    pub fn len(&self) -> u64 {
+        self.st.key_count
+    }
+
+    /// Whether this snapshot has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.st.key_count == 0
+    }
+
+    /// The sequence number of the commit this snapshot shows (0: the empty
+    /// store before any commit).
+    pub fn seq(&self) -> u64 {
+        self.st.seq
+    }
+
+    /// Every key and value of the snapshot, in no particular order.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"x", b"1")?;
+    /// store.put(b"y", b"2")?;
+    /// let snap = store.begin_read()?;
+    /// let mut all = snap.iter().collect::<Result<Vec<_>, _>>()?;
+    /// all.sort();
+    /// assert_eq!(all, vec![(&b"x"[..], &b"1"[..]), (&b"y"[..], &b"2"[..])]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter(&self) -> Iter<'_> {
+        Iter { txn: self, slot: 0 }
+    }
+}
+
+/// Iterator over a snapshot's entries; see [`ReadTxn::iter`]. A damaged
+/// entry yields an `Err` and iteration goes on with the next one.
+pub struct Iter<'t> {
+    txn: &'t ReadTxn<'t>,
+    slot: u64,
+}
+
+impl<'t> Iterator for Iter<'t> {
+    type Item = Result<(&'t [u8], &'t [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let txn = self.txn;
+        let (map, table) = (&*txn.map, txn.st.table());
+        while self.slot < table.cap() {
+            let v = table.load(map, self.slot);
+            self.slot += 1;
+            if v == SLOT_EMPTY {
+                continue;
+            }
+            let found = txn
+                .shared
+                .header(map, slot_offset(v), "index slot target")
+                .and_then(|head| {
+                    let key = head.key(map);
+                    Ok(txn
+                        .shared
+                        .resolve(map, head, txn.st.seq, key)?
+                        .map(|r| (key, r.value(map))))
+                });
+            match found {
+                Ok(Some(kv)) => return Some(Ok(kv)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
+    }
+}
+
+/// A key written by the transaction: its newest record so far.
+#[derive(Clone, Copy)]
+struct Pending {
+    hash: u64,
+    off: u64,
+}
+
+/// The one write transaction of the store (across threads and processes).
+///
+/// Puts and deletes go straight into the log, beyond the committed tail,
+/// where no reader looks; [`get`](Self::get) sees them. [`commit`]
+/// (Self::commit) makes them visible to everyone at once; dropping the
+/// transaction without committing discards them.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let store = mapkv::Store::open(dir.path().join("bank.kv"))?;
+/// let mut tx = store.begin_write()?;
+/// tx.put(b"alice", b"70")?;
+/// tx.put(b"bob", b"30")?;
+/// assert_eq!(tx.get(b"bob")?, Some(&b"30"[..]));
+/// let seq = tx.commit()?; // both or neither, durably
+/// assert_eq!(store.begin_read()?.seq(), seq);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct WriteTxn<'s> {
+    shared: &'s Shared,
+    w: MutexGuard<'s, Writer>,
+    map: Arc<Mapping>,
+    /// The committed state the transaction builds on. Space it allocates
+    /// moves `alloc_end`/`file_len` forward here.
+    base: State,
+    /// Where the next record goes.
+    cur: Cursor,
+    txn_start: u64,
+    pending: HashTable<Pending>,
+    n_records: u64,
+    chain: crc32fast::Hasher,
+    bytes: u64,
+    /// Log ranges this transaction wrote, to flush at commit.
+    dirty: Vec<(u64, u64)>,
+    durability: Durability,
+    done: bool,
+}
+
+impl<'s> WriteTxn<'s> {
+    pub(crate) fn begin(shared: &'s Shared, wait: bool) -> Result<Option<WriteTxn<'s>>> {
+        let Some((w, map)) = shared.begin_writer(wait)? else {
+            return Ok(None);
+        };
+        let base = w.state;
+        Ok(Some(WriteTxn {
+            shared,
+            w,
+            map,
+            base,
+            cur: Cursor {
+                pos: base.tail,
+                end: base.tail_end,
+            },
+            txn_start: base.tail,
+            pending: HashTable::new(),
+            n_records: 0,
+            chain: crc32fast::Hasher::new(),
+            bytes: 0,
+            dirty: Vec::new(),
+            durability: shared.durability,
+            done: false,
+        }))
+    }
+
+    /// Sets the durability of this transaction's commit (the store's
+    /// default comes from [`Options::durability`](crate::Options::durability)).
+    pub fn set_durability(&mut self, d: Durability) {
+        self.durability = d;
+    }
+
+    fn seq(&self) -> u64 {
+        self.base.seq + 1
+    }
+
+    fn pending_of(&self, hash: u64, key: &[u8]) -> Option<Pending> {
+        let map = &*self.map;
+        self.pending
+            .find(hash, |p| {
+                log::read_header(map, p.off, map.len()).is_ok_and(|r| r.key(map) == key)
+            })
+            .copied()
+    }
+
+    /// The value of `key` as this transaction sees it: its own writes over
+    /// the newest commit.
+    pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+        check_key(key)?;
+        let hash = hash_key(self.shared.seed, key);
+        match self.pending_of(hash, key) {
+            Some(p) => {
+                let rec = self.shared.header(&self.map, p.off, "own record")?;
+                Ok((rec.kind == KIND_PUT).then(|| rec.value(&self.map)))
+            }
+            None => self.shared.lookup(&self.map, &self.base, key),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    /// `EmptyKey`, `KeyTooLarge`, `ValueTooLarge`; `Io` (`ENOSPC`) if the
+    /// file cannot grow — the transaction is unchanged and can go on.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        check_key(key)?;
+        check_value(value)?;
+        let hash = hash_key(self.shared.seed, key);
+        let prev = self.committed_version(hash, key)?.map_or(0, |(off, _)| off);
+        self.append(KIND_PUT, hash, prev, key, value)
+    }
+
+    /// Removes `key`. Returns whether it had a value.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let hash = hash_key(self.shared.seed, key);
+        let exists = match self.pending_of(hash, key) {
+            Some(p) => self.shared.header(&self.map, p.off, "own record")?.kind == KIND_PUT,
+            None => self
+                .committed_version(hash, key)?
+                .is_some_and(|(_, live)| live),
+        };
+        if !exists {
+            return Ok(false);
+        }
+        let prev = self.committed_version(hash, key)?.map_or(0, |(off, _)| off);
+        self.append(KIND_DELETE, hash, prev, key, &[])?;
+        Ok(true)
+    }
+
+    /// The newest committed record of `key` (offset, and whether it is a
+    /// value rather than a delete). A record this transaction wrote names it
+    /// as `prev`, which saves a probe.
+    fn committed_version(&self, hash: u64, key: &[u8]) -> Result<Option<(u64, bool)>> {
+        let off = match self.pending_of(hash, key) {
+            Some(p) => self.shared.header(&self.map, p.off, "own record")?.prev,
+            None => match self.shared.head(&self.map, self.base.table(), key)? {
+                Some(head) => return Ok(Some((head.off, head.kind == KIND_PUT))),
+                None => 0,
+            },
+        };
+        if off == 0 {
+            return Ok(None);
+        }
+        let rec = self.shared.header(&self.map, off, "previous version")?;
+        Ok(Some((off, rec.kind == KIND_PUT)))
+    }
+
+    fn append(&mut self, kind: u8, hash: u64, prev: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        let size = record_size(key.len(), value.len());
+        let pos = self.reserve(size)?;
+        let h = log::make_header(kind, self.seq(), prev, key, value);
+        log::write_record(&self.map, pos, &h, key, value);
+        self.wrote(pos, size, h.crc.get());
+        let map = &*self.map;
+        let entry = self.pending.entry(
+            hash,
+            |p| log::read_header(map, p.off, map.len()).is_ok_and(|r| r.key(map) == key),
+            |p| p.hash,
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().off = pos,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Pending { hash, off: pos });
+            }
+        }
+        Ok(())
+    }
+
+    fn wrote(&mut self, pos: u64, size: u64, crc: u32) {
+        self.chain.update(&crc.to_le_bytes());
+        self.n_records += 1;
+        self.bytes += size;
+        match self.dirty.last_mut() {
+            Some((_, end)) if *end == pos => *end = pos + size,
+            _ => self.dirty.push((pos, pos + size)),
+        }
+    }
+
+    /// Room for a record of `size` bytes at the tail. When the extent is
+    /// full, a next record (always kept room for) moves the log to a new
+    /// extent. On `ENOSPC` nothing was written.
+    fn reserve(&mut self, size: u64) -> Result<u64> {
+        if self.cur.pos + size + NEXT_RECORD_SIZE > self.cur.end {
+            let len = LOG_EXTENT.max(align_page(size + NEXT_RECORD_SIZE));
+            let off = self.shared.allocate(&mut self.map, &mut self.base, len)?;
+            let body = NextBody {
+                offset: Le64::new(off),
+                len: Le64::new(len),
+            };
+            let h = log::make_header(KIND_NEXT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
+            let at = self.cur.pos;
+            log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+            self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+            self.cur = Cursor {
+                pos: off,
+                end: off + len,
+            };
+        }
+        let pos = self.cur.pos;
+        self.cur.pos += size;
+        Ok(pos)
+    }
+
+    /// Makes the transaction's writes visible to every reader at once and,
+    /// with [`Durability::Immediate`], durable before returning. Returns
+    /// the new commit's sequence number (the current one if nothing was
+    /// written).
+    ///
+    /// The steps and what a crash between any two leaves behind are in
+    /// `docs/DESIGN.md`, "Commit".
+    ///
+    /// # Errors
+    /// `Io` if the file cannot grow (`ENOSPC`: nothing was committed) or a
+    /// flush fails. After a failed flush the commit did not happen in this
+    /// process's view, but it may reach the disk anyway (the kernel may
+    /// have written some pages): it is indeterminate after a crash, and this
+    /// handle refuses further writes (`Poisoned`) until reopened.
+    pub fn commit(mut self) -> Result<u64> {
+        if self.n_records == 0 {
+            self.finish();
+            return Ok(self.base.seq);
+        }
+        let map = self.map.clone();
+        let finals: Vec<(u64, log::Record)> = self
+            .pending
+            .iter()
+            .map(|p| Ok((p.hash, self.shared.header(&map, p.off, "own record")?)))
+            .collect::<Result<_>>()?;
+        // 1. Room in the index, before anything is committed: a full disk
+        //    fails here and leaves the store as it was.
+        let extra = finals
+            .iter()
+            .filter(|(_, r)| r.kind == KIND_PUT && r.prev == 0)
+            .count() as u64;
+        self.shared
+            .ensure_index(&mut self.map, &mut self.base, extra)?;
+        // 2. The commit record closes the run of records.
+        let pos = self.reserve(COMMIT_RECORD_SIZE)?;
+        let body = CommitBody {
+            txn_start: Le64::new(self.txn_start),
+            n_records: Le64::new(self.n_records),
+            chain_crc: Le32::new(self.chain.clone().finalize()),
+            _pad: Le32::new(0),
+        };
+        let h = log::make_header(KIND_COMMIT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
+        log::write_record(&self.map, pos, &h, &[], bytemuck::bytes_of(&body));
+        self.wrote(pos, COMMIT_RECORD_SIZE, h.crc.get());
+        let mut st = self.base;
+        st.seq = self.seq();
+        st.tail = self.cur.pos;
+        st.tail_end = self.cur.end;
+        st.log_bytes += self.bytes;
+        // 3. Durable: one msync of the ranges written (plus any earlier
+        //    Eventual commits, which must not be lost behind this one).
+        if self.durability == Durability::Immediate {
+            let dirty = std::mem::take(&mut self.dirty);
+            if let Err(e) = self
+                .shared
+                .flush_unsynced(&mut self.w, &self.map, &mut st, &dirty)
+            {
+                // Keep this process (and the next writer) from adopting a
+                // commit whose durability is unknown.
+                self.map.write(pos, &[0u8; HEADER_SIZE]);
+                return Err(e);
+            }
+        } else {
+            let dirty = std::mem::take(&mut self.dirty);
+            self.w.unsynced.extend(dirty);
+        }
+        // 4. Index: point each key at its new record (atomic stores).
+        let mut map = self.map.clone();
+        if let Err(e) = self.shared.apply(&mut map, &mut st, &finals) {
+            self.w.poisoned = true;
+            return Err(e);
+        }
+        // 5. Publish: readers that begin from now on see the commit.
+        live::publish(&map, &st);
+        self.w.state = st;
+        self.finish();
+        Ok(st.seq)
+    }
+
+    /// Discards the transaction's writes (as dropping it does).
+    pub fn abort(self) {}
+
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.shared.end_writer();
+        }
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if self.n_records > 0 {
+                // Make the first record unreadable, so no one scanning the
+                // tail reads through the discarded run.
+                self.map.write(self.txn_start, &[0u8; HEADER_SIZE]);
+            }
+            self.finish();
+        }
+    }
+}
