@@ -222,18 +222,6 @@ pub(crate) fn pick_meta(path: &Path, map: &Mapping) -> Result<Meta> {
     ))
 }
 
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
 impl Shared {
     fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> Result<bool> {
         self.backend
@@ -296,9 +284,18 @@ impl Shared {
                 ),
             });
         }
-        let map = backend
+        let mut map = backend
             .map(file_len)
             .map_err(|e| io_error(&path, "map the file", e))?;
+        if writable && opts.create && file_len <= CREATE_LEN && is_all_zero(&map) {
+            // A creation that was cut short (it writes the meta page last,
+            // in its one flush): nothing was ever committed, start again.
+            drop(map);
+            file_len = create(&*backend, &path)?;
+            map = backend
+                .map(file_len)
+                .map_err(|e| io_error(&path, "map the file", e))?;
+        }
         let meta = pick_meta(&path, &map)?;
         let meta_at = META_OFFSETS[(meta.generation.get() % 2) as usize];
         if meta.log_first.get() != DATA_START {
@@ -511,6 +508,19 @@ impl Shared {
         w.unsynced.clear();
         w.full_flush = false;
         st.synced_tail = st.tail;
+        Ok(())
+    }
+
+    /// Makes every commit so far durable (those made `Eventual`ly), and
+    /// publishes that; nothing to do in the common case.
+    pub(crate) fn sync_writer(&self, w: &mut Writer, map: &Mapping) -> Result<()> {
+        let mut st = w.state;
+        if st.synced_tail == st.tail && !w.full_flush && w.unsynced.is_empty() {
+            return Ok(());
+        }
+        self.flush_unsynced(w, map, &mut st, &[])?;
+        live::publish(map, &st);
+        w.state = st;
         Ok(())
     }
 
@@ -972,11 +982,20 @@ impl Shared {
     }
 }
 
-/// Initialises an empty file as a store; returns its length.
+/// Length of a new store: the fixed pages, the first extent, the first
+/// index table, rounded up to the growth unit.
+const CREATE_LEN: u64 =
+    (DATA_START + LOG_EXTENT + (8 << MIN_INDEX_LOG2)).div_ceil(MIN_GROWTH) * MIN_GROWTH;
+
+fn is_all_zero(map: &Mapping) -> bool {
+    (0..map.len() / 8).all(|i| map.load(i * 8, std::sync::atomic::Ordering::Relaxed) == 0)
+}
+
+/// Initialises an empty (or all-zero, interrupted) file as a store;
+/// returns its length.
 fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
     let table_off = DATA_START + LOG_EXTENT;
-    let len = table_off + (8u64 << MIN_INDEX_LOG2);
-    let len = len.div_ceil(MIN_GROWTH) * MIN_GROWTH;
+    let len = CREATE_LEN;
     backend
         .grow(len)
         .map_err(|e| io_error(path, format!("grow the new file to {len} bytes"), e))?;
@@ -992,7 +1011,7 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
         file_len: len,
         ..State::default()
     };
-    let meta = st.to_meta(random_seed(), 1, true);
+    let meta = st.to_meta(backend.new_hash_seed(), 1, true);
     map.write_words(META_OFFSETS[1], bytemuck::bytes_of(&meta));
     backend
         .flush(&map, 0, len)

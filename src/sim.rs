@@ -62,6 +62,7 @@ struct State {
     cut: Option<CrashPoint>,
     fail_flushes: bool,
     fail_grows: u32,
+    hash_seed: u64,
     locks: HashMap<LockId, Vec<(u64, LockMode)>>,
 }
 
@@ -107,7 +108,7 @@ impl SimDisk {
     /// growth past it fails with `ENOSPC`.
     pub fn new(capacity: u64) -> SimDisk {
         let words = capacity.div_ceil(8) as usize;
-        let buf: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        let buf = zeroed_words(words);
         SimDisk {
             shared: Arc::new(Shared {
                 buf,
@@ -193,6 +194,12 @@ impl SimDisk {
         self.state().fail_flushes = yes;
     }
 
+    /// The hash seed stores created on this disk get (default 0), so that
+    /// a simulated run is the same every time.
+    pub fn set_hash_seed(&self, seed: u64) {
+        self.state().hash_seed = seed;
+    }
+
     /// Makes the next `n` growths fail with `ENOSPC`.
     pub fn fail_grows(&self, n: u32) {
         self.state().fail_grows = n;
@@ -205,6 +212,25 @@ impl SimDisk {
             writable,
         }
     }
+}
+
+/// `words` zeroed atomics, allocated with `alloc_zeroed` so that a large
+/// simulated disk costs only the pages that are touched.
+fn zeroed_words(words: usize) -> Box<[AtomicU64]> {
+    if words == 0 {
+        return Box::new([]);
+    }
+    let layout = std::alloc::Layout::array::<AtomicU64>(words).expect("disk size overflows");
+    // SAFETY: the layout has non-zero size (words > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut AtomicU64;
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a fresh allocation of `words` AtomicU64 with the
+    // layout Box uses for `[AtomicU64]`; all-zero bytes are a valid
+    // AtomicU64 (zero); ownership moves into the Box, which frees it with
+    // the same layout.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, words)) }
 }
 
 impl Shared {
@@ -345,6 +371,10 @@ impl Backend for SimHandle {
             }
             st = self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    fn new_hash_seed(&self) -> u64 {
+        self.shared.state().hash_seed
     }
 
     fn held_by_others(&self, id: LockId) -> io::Result<bool> {

@@ -117,4 +117,13 @@ impl Backend for FileBackend {
     fn held_by_others(&self, id: LockId) -> io::Result<bool> {
         sys::ofd_held_by_others(&self.file, lock_byte(id))
     }
+
+    fn new_hash_seed(&self) -> u64 {
+        // A per-store random seed: no input can be crafted offline to make
+        // every key collide in every store.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        h.finish()
+    }
 }

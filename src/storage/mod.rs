@@ -81,6 +81,7 @@ pub(crate) enum LockMode {
 /// - `lock`: take, convert or release an advisory lock held by this handle;
 ///   `false` when `wait` is false and another handle holds a conflicting one.
 /// - `held_by_others`: whether another handle holds `id` in any mode.
+/// - `new_hash_seed`: the hash seed for a store being created.
 pub(crate) trait Backend: Send + Sync {
     fn path(&self) -> &Path;
     fn writable(&self) -> bool;
@@ -90,6 +91,7 @@ pub(crate) trait Backend: Send + Sync {
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool>;
     fn held_by_others(&self, id: LockId) -> io::Result<bool>;
+    fn new_hash_seed(&self) -> u64;
 }
 
 /// What keeps a mapping's memory alive.
