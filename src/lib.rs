@@ -68,6 +68,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod check;
 mod engine;
 mod error;
 mod format;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::engine::Shared;
 use crate::error::{Error, Result};
-use crate::live;
 use crate::options::Options;
 use crate::txn::{ReadTxn, WriteTxn};
 use crate::verify::{self, Stats, VerifyReport};
@@ -125,17 +124,7 @@ impl Store {
         let Some((mut w, map)) = self.shared.begin_writer(true)? else {
             unreachable!("a waiting begin_writer always gets the lock");
         };
-        let mut st = w.state;
-        let result = if st.synced_tail != st.tail || w.full_flush || !w.unsynced.is_empty() {
-            self.shared
-                .flush_unsynced(&mut w, &map, &mut st, &[])
-                .map(|()| {
-                    live::publish(&map, &st);
-                    w.state = st;
-                })
-        } else {
-            Ok(())
-        };
+        let result = self.shared.sync_writer(&mut w, &map);
         self.shared.end_writer();
         result
     }

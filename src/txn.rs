@@ -130,11 +130,13 @@ impl<'t> Iterator for Iter<'t> {
     }
 }
 
-/// A key written by the transaction: its newest record so far.
+/// A key written by the transaction: its newest record so far, and the
+/// position of its first record among the transaction's keys.
 #[derive(Clone, Copy)]
 struct Pending {
     hash: u64,
     off: u64,
+    order: u64,
 }
 
 /// The one write transaction of the store (across threads and processes).
@@ -167,6 +169,8 @@ pub struct WriteTxn<'s> {
     txn_start: u64,
     pending: HashTable<Pending>,
     n_records: u64,
+    /// Distinct keys written.
+    keys: u64,
     chain: crc32fast::Hasher,
     bytes: u64,
     /// Log ranges this transaction wrote, to flush at commit.
@@ -193,6 +197,7 @@ impl<'s> WriteTxn<'s> {
             txn_start: base.tail,
             pending: HashTable::new(),
             n_records: 0,
+            keys: 0,
             chain: crc32fast::Hasher::new(),
             bytes: 0,
             dirty: Vec::new(),
@@ -298,7 +303,13 @@ impl<'s> WriteTxn<'s> {
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().off = pos,
             hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(Pending { hash, off: pos });
+                let order = self.keys;
+                v.insert(Pending {
+                    hash,
+                    off: pos,
+                    order,
+                });
+                self.keys += 1;
             }
         }
         Ok(())
@@ -355,12 +366,22 @@ impl<'s> WriteTxn<'s> {
     /// handle refuses further writes (`Poisoned`) until reopened.
     pub fn commit(mut self) -> Result<u64> {
         if self.n_records == 0 {
+            // Nothing to write, but the caller learns seq `base.seq` is
+            // durable: flush what `Eventual` commits left, if anything.
+            if self.durability == Durability::Immediate {
+                self.shared.sync_writer(&mut self.w, &self.map)?;
+            }
             self.finish();
             return Ok(self.base.seq);
         }
+        // Keys in the order of their first record in the log: recovery
+        // replays a commit in that order, and must make the same probe
+        // decisions on a table where only some of these slot writes reached
+        // the disk (docs/DESIGN.md, "Why replay finds the same slots").
+        let mut order: Vec<Pending> = self.pending.iter().copied().collect();
+        order.sort_unstable_by_key(|p| p.order);
         let map = self.map.clone();
-        let finals: Vec<(u64, log::Record)> = self
-            .pending
+        let finals: Vec<(u64, log::Record)> = order
             .iter()
             .map(|p| Ok((p.hash, self.shared.header(&map, p.off, "own record")?)))
             .collect::<Result<_>>()?;

@@ -1,0 +1,485 @@
+//! Model-based and crash-consistency checking, shipped with the store.
+//!
+//! These are the bodies of the project's fuzz targets (`fuzz/`), and of the
+//! seeded runs `cargo test` makes of them. Each takes a list of [`Op`]s,
+//! runs it against a store and a `BTreeMap` model, and returns `Err` with a
+//! description of the first divergence.
+//!
+//! - [`run_ops`]: every operation's result and the whole visible state
+//!   checked after every step, including snapshots held across commits and
+//!   reopens.
+//! - [`power_loss`]: the same operations on a [`SimDisk`], then a power cut
+//!   at a chosen flush or between two operations, with each unflushed
+//!   sector landing or not as `land` decides; the reopened store must show
+//!   exactly the state after some commit `k`, with `k` at least the last
+//!   commit that was acknowledged as durable before the cut.
+//! - [`open_file`]: arbitrary bytes as a store file must open, verify, read
+//!   and write with `Ok` or a clean `Err`, never a panic.
+//!
+//! ```
+//! use mapkv::check::{run_ops, Op};
+//! let ops = [Op::Put { key: 1, len: 10 }, Op::Commit, Op::Reopen, Op::Delete { key: 1 }, Op::Commit];
+//! run_ops(&ops, 0).unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::sim::{CrashPoint, SimDisk};
+use crate::{Durability, Error, Options, ReadTxn, Store, WriteTxn};
+
+/// One step of a checked run. Keys are drawn from a small space so that
+/// overwrites, deletes of present keys and hash collisions in small tables
+/// are common.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Op {
+    /// Put key `key % 64` with a value of `len % 512` bytes (in the open
+    /// transaction, beginning one if needed).
+    Put {
+        /// Key number.
+        key: u8,
+        /// Value length (mod 512).
+        len: u16,
+    },
+    /// Put a value of 300 KiB + `len` bytes: forces extents to fill.
+    BigPut {
+        /// Key number.
+        key: u8,
+        /// Extra length.
+        len: u16,
+    },
+    /// Delete key `key % 64`.
+    Delete {
+        /// Key number.
+        key: u8,
+    },
+    /// Read key `key % 64` inside the open transaction (own writes).
+    TxnGet {
+        /// Key number.
+        key: u8,
+    },
+    /// Commit the open transaction durably.
+    Commit,
+    /// Commit the open transaction with `Durability::Eventual`.
+    CommitEventual,
+    /// Abort the open transaction.
+    Abort,
+    /// Open a snapshot and keep it.
+    Snapshot,
+    /// Drop the oldest held snapshot.
+    DropSnapshot,
+    /// `Store::sync`.
+    Sync,
+    /// Close the store (cleanly) and open it again.
+    Reopen,
+}
+
+const KEYS: u8 = 64;
+
+fn key_of(k: u8) -> Vec<u8> {
+    format!("key-{:02}", k % KEYS).into_bytes()
+}
+
+/// A deterministic value: its bytes say which put made it, so a value from
+/// the wrong commit never compares equal by accident.
+fn value_of(step: usize, len: usize) -> Vec<u8> {
+    let tag = (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..len)
+        .map(|i| (tag >> ((i % 8) * 8)) as u8 ^ i as u8)
+        .collect()
+}
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn fail(step: usize, op: &Op, what: impl std::fmt::Display) -> String {
+    format!("step {step} ({op:?}): {what}")
+}
+
+/// Checks that `snap` shows exactly `model`: every key of the key space by
+/// `get`, the whole map by `iter`, and `len`.
+fn check_view(snap: &ReadTxn<'_>, model: &Model) -> Result<(), String> {
+    for k in 0..KEYS {
+        let key = key_of(k);
+        let got = snap.get(&key).map_err(|e| format!("get {k}: {e}"))?;
+        if got != model.get(&key).map(Vec::as_slice) {
+            return Err(format!(
+                "key {k}: store has {:?} bytes, model {:?} bytes",
+                got.map(<[u8]>::len),
+                model.get(&key).map(Vec::len)
+            ));
+        }
+    }
+    let mut all = BTreeMap::new();
+    for item in snap.iter() {
+        let (k, v) = item.map_err(|e| format!("iter: {e}"))?;
+        if all.insert(k.to_vec(), v.to_vec()).is_some() {
+            return Err(format!(
+                "iter yields {:?} twice",
+                String::from_utf8_lossy(k)
+            ));
+        }
+    }
+    if &all != model {
+        return Err(format!(
+            "iter shows {} keys, model has {}",
+            all.len(),
+            model.len()
+        ));
+    }
+    if snap.len() != model.len() as u64 {
+        return Err(format!("len {} but model has {}", snap.len(), model.len()));
+    }
+    Ok(())
+}
+
+/// The state of a run: the model after every commit, and which commits are
+/// known durable at which flush count.
+struct History {
+    /// `states[s]` is the model after commit `s`.
+    states: Vec<Model>,
+    /// `(flush count when acknowledged, seq)`: after that many flushes had
+    /// started, commit `seq` (and all before it) is durable.
+    durable: Vec<(u64, u64)>,
+}
+
+impl History {
+    fn new() -> History {
+        History {
+            states: vec![Model::new()],
+            durable: vec![(0, 0)],
+        }
+    }
+
+    /// The newest commit durable before flush `n` started.
+    fn min_seq_before_flush(&self, n: u64) -> u64 {
+        self.durable
+            .iter()
+            .filter(|(f, _)| *f <= n)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Runs `ops` against a store and the model. With `disk`, the store lives
+/// on that simulated disk; otherwise on a fresh simulated disk.
+/// `on_boundary` is called after each operation that leaves no write
+/// transaction open, with the disk, the history so far and the step.
+fn drive(
+    ops: &[Op],
+    disk: &SimDisk,
+    history: &mut History,
+    thorough: bool,
+    mut on_boundary: impl FnMut(&SimDisk, &History, usize),
+) -> Result<(), String> {
+    let mut i = 0;
+    while i < ops.len() {
+        let store = Options::new()
+            .open_sim(disk)
+            .map_err(|e| fail(i, &ops[i], format!("open: {e}")))?;
+        i = drive_session(ops, i, &store, disk, history, thorough, &mut on_boundary)?;
+        store
+            .close()
+            .map_err(|e| format!("close before step {i}: {e}"))?;
+        let seq = history.states.len() as u64 - 1;
+        history.durable.push((disk.flush_count(), seq));
+    }
+    Ok(())
+}
+
+/// Runs ops from `start` until a `Reopen` (returns the index after it) or
+/// the end.
+fn drive_session(
+    ops: &[Op],
+    start: usize,
+    store: &Store,
+    disk: &SimDisk,
+    history: &mut History,
+    thorough: bool,
+    on_boundary: &mut impl FnMut(&SimDisk, &History, usize),
+) -> Result<usize, String> {
+    let mut txn: Option<(WriteTxn<'_>, Model)> = None;
+    let mut snaps: Vec<(ReadTxn<'_>, Model)> = Vec::new();
+    let committed = |h: &History| h.states.last().cloned().unwrap_or_default();
+    for (step, op) in ops.iter().enumerate().skip(start) {
+        let err = |what: String| fail(step, op, what);
+        match op {
+            Op::Put { key, .. } | Op::BigPut { key, .. } => {
+                let len = match op {
+                    Op::Put { len, .. } => (*len % 512) as usize,
+                    Op::BigPut { len, .. } => (300 << 10) + *len as usize,
+                    _ => unreachable!(),
+                };
+                if txn.is_none() {
+                    let t = store.begin_write().map_err(|e| err(e.to_string()))?;
+                    txn = Some((t, committed(history)));
+                }
+                let (t, m) = txn.as_mut().expect("just opened");
+                let v = value_of(step, len);
+                t.put(&key_of(*key), &v).map_err(|e| err(e.to_string()))?;
+                m.insert(key_of(*key), v);
+            }
+            Op::Delete { key } => {
+                if txn.is_none() {
+                    let t = store.begin_write().map_err(|e| err(e.to_string()))?;
+                    txn = Some((t, committed(history)));
+                }
+                let (t, m) = txn.as_mut().expect("just opened");
+                let existed = t.delete(&key_of(*key)).map_err(|e| err(e.to_string()))?;
+                let model_existed = m.remove(&key_of(*key)).is_some();
+                if existed != model_existed {
+                    return Err(err(format!("delete said {existed}, model {model_existed}")));
+                }
+            }
+            Op::TxnGet { key } => {
+                if let Some((t, m)) = &txn {
+                    let got = t.get(&key_of(*key)).map_err(|e| err(e.to_string()))?;
+                    if got != m.get(&key_of(*key)).map(Vec::as_slice) {
+                        return Err(err("transaction does not see its own writes".into()));
+                    }
+                }
+            }
+            Op::Commit | Op::CommitEventual => {
+                if let Some((mut t, m)) = txn.take() {
+                    let eventual = *op == Op::CommitEventual;
+                    if eventual {
+                        t.set_durability(Durability::Eventual);
+                    }
+                    let before = history.states.len() as u64 - 1;
+                    let seq = t.commit().map_err(|e| err(e.to_string()))?;
+                    let wrote = m != *history.states.last().expect("never empty") || seq != before;
+                    if wrote {
+                        if seq != before + 1 {
+                            return Err(err(format!(
+                                "commit returned seq {seq}, expected {}",
+                                before + 1
+                            )));
+                        }
+                        history.states.push(m);
+                    } else if seq != before {
+                        return Err(err(format!(
+                            "empty commit returned {seq}, expected {before}"
+                        )));
+                    }
+                    if !eventual {
+                        history.durable.push((disk.flush_count(), seq));
+                    }
+                }
+            }
+            Op::Abort => {
+                if let Some((t, _)) = txn.take() {
+                    t.abort();
+                }
+            }
+            Op::Snapshot => {
+                let s = store.begin_read().map_err(|e| err(e.to_string()))?;
+                snaps.push((s, committed(history)));
+            }
+            Op::DropSnapshot => {
+                if !snaps.is_empty() {
+                    snaps.remove(0);
+                }
+            }
+            Op::Sync => {
+                if txn.is_none() {
+                    store.sync().map_err(|e| err(e.to_string()))?;
+                    let seq = history.states.len() as u64 - 1;
+                    history.durable.push((disk.flush_count(), seq));
+                }
+            }
+            Op::Reopen => {
+                drop(txn.take());
+                drop(snaps);
+                return Ok(step + 1);
+            }
+        }
+        // After every step: the newest commit, every held snapshot.
+        if !thorough {
+            if txn.is_none() {
+                on_boundary(disk, history, step);
+            }
+            continue;
+        }
+        let now = store.begin_read().map_err(|e| err(e.to_string()))?;
+        check_view(&now, &committed(history)).map_err(|e| err(format!("latest: {e}")))?;
+        if now.seq() != history.states.len() as u64 - 1 {
+            return Err(err(format!(
+                "latest seq {} but {} commits",
+                now.seq(),
+                history.states.len() - 1
+            )));
+        }
+        for (n, (s, m)) in snaps.iter().enumerate() {
+            check_view(s, m).map_err(|e| err(format!("snapshot {n}: {e}")))?;
+        }
+        if txn.is_none() {
+            on_boundary(disk, history, step);
+        }
+    }
+    Ok(ops.len())
+}
+
+/// Runs `ops` against a fresh store (hashing keys with `hash_seed`) on a
+/// simulated disk, checking every
+/// result and the whole visible state after every step, then reopens and
+/// checks the final state once more.
+pub fn run_ops(ops: &[Op], hash_seed: u64) -> Result<(), String> {
+    let disk = SimDisk::new(1 << 30);
+    disk.set_hash_seed(hash_seed);
+    let mut history = History::new();
+    drive(ops, &disk, &mut history, true, |_, _, _| {})?;
+    let store = Options::new()
+        .open_sim(&disk)
+        .map_err(|e| format!("final open: {e}"))?;
+    let snap = store.begin_read().map_err(|e| e.to_string())?;
+    check_view(&snap, history.states.last().expect("never empty"))
+        .map_err(|e| format!("after final reopen: {e}"))?;
+    let report = store.verify().map_err(|e| e.to_string())?;
+    if !report.is_ok() {
+        return Err(format!("verify after final reopen: {report}"));
+    }
+    Ok(())
+}
+
+/// Where a power cut happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Cut {
+    /// While flush number `n` (counting from 0) is in progress: any subset
+    /// of everything written since the previous flush may be on disk.
+    AtFlush(u64),
+    /// Right after operation `n` (counting from 0), if no transaction is
+    /// open then; otherwise the cut is not reached.
+    AfterOp(u64),
+}
+
+/// Outcome of one [`power_loss`] run, for coverage accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CutReport {
+    /// Whether the cut point was reached.
+    pub reached: bool,
+    /// Sectors that differed between the live and durable images.
+    pub dirty_sectors: usize,
+    /// Commit the store recovered to.
+    pub recovered_seq: u64,
+    /// The lowest commit it was allowed to recover to.
+    pub min_seq: u64,
+}
+
+/// Runs `ops`, cuts power at `cut`, lands each dirty sector where
+/// `land(sector_offset)` says so, reopens and checks promise 3: the store
+/// opens, shows exactly the model after some commit `k ≥ min_seq`, passes
+/// `verify`, and accepts a new commit.
+pub fn power_loss(
+    ops: &[Op],
+    hash_seed: u64,
+    cut: Cut,
+    land: impl FnMut(u64) -> bool,
+) -> Result<CutReport, String> {
+    let disk = SimDisk::new(1 << 30);
+    disk.set_hash_seed(hash_seed);
+    let mut history = History::new();
+    if let Cut::AtFlush(n) = cut {
+        disk.cut_at_flush(n);
+    }
+    let mut boundary: Option<(CrashPoint, u64)> = None;
+    drive(ops, &disk, &mut history, false, |d, h, step| {
+        if cut == Cut::AfterOp(step as u64) {
+            boundary = Some((d.crash_point(), last_durable(h)));
+        }
+    })?;
+    let (point, min_seq) = match cut {
+        Cut::AtFlush(n) => match disk.take_cut() {
+            Some(p) => (p, history.min_seq_before_flush(n)),
+            None => return Ok(CutReport::default()),
+        },
+        Cut::AfterOp(_) => match boundary {
+            Some(b) => b,
+            None => return Ok(CutReport::default()),
+        },
+    };
+    let dirty_sectors = point.dirty_sectors().len();
+    let image = point.image(land);
+    let recovered_seq = check_recovered(&image, &history, min_seq)?;
+    Ok(CutReport {
+        reached: true,
+        dirty_sectors,
+        recovered_seq,
+        min_seq,
+    })
+}
+
+fn last_durable(h: &History) -> u64 {
+    h.durable.iter().map(|(_, s)| *s).max().unwrap_or(0)
+}
+
+fn check_recovered(image: &[u8], history: &History, min_seq: u64) -> Result<u64, String> {
+    let disk = SimDisk::from_image(image, 1 << 30);
+    let store = Options::new()
+        .open_sim(&disk)
+        .map_err(|e| format!("open after power cut: {e}"))?;
+    let snap = store.begin_read().map_err(|e| e.to_string())?;
+    let seq = snap.seq();
+    let Some(model) = history.states.get(seq as usize) else {
+        return Err(format!(
+            "recovered seq {seq}, but only {} commits happened",
+            history.states.len() - 1
+        ));
+    };
+    if seq < min_seq {
+        return Err(format!(
+            "recovered to commit {seq}, but commit {min_seq} was acknowledged durable"
+        ));
+    }
+    check_view(&snap, model).map_err(|e| format!("recovered commit {seq}: {e}"))?;
+    drop(snap);
+    let report = store.verify().map_err(|e| e.to_string())?;
+    if !report.is_ok() {
+        return Err(format!("verify after power cut (commit {seq}): {report}"));
+    }
+    let key = key_of(0);
+    store
+        .put(&key, b"after")
+        .map_err(|e| format!("write after recovery: {e}"))?;
+    if store.get(&key).map_err(|e| e.to_string())?.as_deref() != Some(&b"after"[..]) {
+        return Err("write after recovery is not visible".into());
+    }
+    Ok(seq)
+}
+
+/// Total flushes `ops` cause on a fresh simulated disk (for enumerating
+/// every [`Cut::AtFlush`]).
+pub fn count_flushes(ops: &[Op], hash_seed: u64) -> Result<u64, String> {
+    let disk = SimDisk::new(1 << 30);
+    disk.set_hash_seed(hash_seed);
+    let mut history = History::new();
+    drive(ops, &disk, &mut history, false, |_, _, _| {})?;
+    Ok(disk.flush_count())
+}
+
+/// Treats `bytes` as a store file: opening, verifying, reading every key,
+/// iterating and writing must each return `Ok` or an `Err` — never panic.
+/// Returns the error that stopped it, if any (for statistics).
+pub fn open_file(bytes: &[u8]) -> Option<Error> {
+    let disk = SimDisk::from_image(bytes, (bytes.len() as u64).max(1 << 20) * 4);
+    let store = match Options::new().create(false).open_sim(&disk) {
+        Ok(s) => s,
+        Err(e) => return Some(e),
+    };
+    let _ = store.verify();
+    let _ = store.stats();
+    if let Ok(snap) = store.begin_read() {
+        for k in 0..KEYS {
+            let _ = snap.get(&key_of(k));
+        }
+        for item in snap.iter().take(10_000) {
+            let _ = item;
+        }
+    }
+    if let Err(e) = store.put(b"fuzz", b"value") {
+        return Some(e);
+    }
+    let _ = store.get(b"fuzz");
+    let _ = store.delete(b"fuzz");
+    None
+}

@@ -1,0 +1,41 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use mapkv::check::Op;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// A random operation sequence. `big` allows 300 KiB values (which fill
+/// extents quickly); `reopen` allows clean reopens.
+pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Vec<Op> {
+    let keys: u8 = if rng.gen_bool(0.5) { 8 } else { 64 };
+    (0..n)
+        .map(|_| {
+            let key = rng.gen_range(0..keys);
+            match rng.gen_range(0..100) {
+                0..=34 => Op::Put {
+                    key,
+                    len: rng.gen(),
+                },
+                35..=36 if big => Op::BigPut {
+                    key,
+                    len: rng.gen(),
+                },
+                37..=49 => Op::Delete { key },
+                50..=54 => Op::TxnGet { key },
+                55..=69 => Op::Commit,
+                70..=77 => Op::CommitEventual,
+                78..=81 => Op::Abort,
+                82..=86 => Op::Snapshot,
+                87..=89 => Op::DropSnapshot,
+                90..=92 => Op::Sync,
+                93..=95 if reopen => Op::Reopen,
+                _ => Op::Commit,
+            }
+        })
+        .collect()
+}

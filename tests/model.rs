@@ -1,0 +1,70 @@
+//! The API against a `BTreeMap` model: random puts, deletes, overwrites,
+//! aborts, snapshots and reopens from a seeded generator; every result and
+//! the whole visible state are checked after every step.
+
+mod common;
+
+use mapkv::check::{run_ops, Op};
+
+#[test]
+fn random_operations_match_the_model() {
+    let mut total = 0;
+    for seed in 0..40 {
+        let mut rng = common::rng(seed);
+        let ops = common::random_ops(&mut rng, 150, seed % 4 == 0, true);
+        total += ops.len();
+        if let Err(e) = run_ops(&ops, seed) {
+            panic!("seed {seed}: {e}\nops: {ops:?}");
+        }
+    }
+    assert!(total >= 6000);
+}
+
+#[test]
+fn a_long_run_crosses_extents_and_grows_the_index() {
+    // 5,000 steps over 64 keys plus big values: many extents, several index
+    // growths, snapshots held across all of it.
+    let mut rng = common::rng(4242);
+    let mut ops = common::random_ops(&mut rng, 5000, true, true);
+    ops.push(Op::Commit);
+    run_ops(&ops, 7).unwrap();
+}
+
+#[test]
+fn own_writes_then_abort_leave_no_trace() {
+    run_ops(
+        &[
+            Op::Put { key: 1, len: 5 },
+            Op::Commit,
+            Op::Put { key: 1, len: 9 },
+            Op::Delete { key: 2 },
+            Op::Put { key: 2, len: 3 },
+            Op::TxnGet { key: 1 },
+            Op::TxnGet { key: 2 },
+            Op::Abort,
+            Op::TxnGet { key: 1 },
+            Op::Reopen,
+            Op::Delete { key: 1 },
+            Op::Commit,
+        ],
+        0,
+    )
+    .unwrap();
+}
+
+#[test]
+fn put_then_delete_of_a_new_key_in_one_transaction_commits_nothing_visible() {
+    run_ops(
+        &[
+            Op::Snapshot,
+            Op::Put { key: 3, len: 5 },
+            Op::Delete { key: 3 },
+            Op::Commit,
+            Op::Reopen,
+            Op::Put { key: 3, len: 1 },
+            Op::Commit,
+        ],
+        0,
+    )
+    .unwrap();
+}
