@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::index::{BadSlot, Probe, Table};
+use crate::index::{BadSlot, Probe, Records, Table};
 use crate::live::{self, State};
 use crate::log::{self, Cursor, ExtentRules, Record, ScannedCommit};
 use crate::options::{Durability, Options};
@@ -419,10 +419,13 @@ impl Shared {
 
     /// From the newest version `head` of a key, the version a snapshot at
     /// `seq` sees (`None`: the key did not exist then or was deleted).
-    /// Returns the record fully verified.
+    /// Walks the chain through `recs`; the record returned lies in `base`
+    /// (everything a snapshot can see is inside its own mapping) and is
+    /// fully verified there.
     pub(crate) fn resolve(
         &self,
-        map: &Mapping,
+        recs: &impl Records,
+        base: &Mapping,
         head: Record,
         seq: u64,
         key: &[u8],
@@ -432,7 +435,9 @@ impl Shared {
             if rec.prev == 0 {
                 return Ok(None);
             }
-            let older = self.header(map, rec.prev, "previous version")?;
+            let older = recs
+                .header(rec.prev)
+                .map_err(|e| self.corrupted(rec.prev, format!("previous version: {e}")))?;
             if older.seq >= rec.seq || !matches!(older.kind, KIND_PUT | KIND_DELETE) {
                 return Err(self.corrupted(
                     rec.prev,
@@ -447,23 +452,32 @@ impl Shared {
         if rec.kind == KIND_DELETE {
             return Ok(None);
         }
-        log::check_crc(map, &rec).map_err(|e| self.corrupted(rec.off, e.to_string()))?;
-        if rec.key(map) != key {
+        log::check_crc(base, &rec).map_err(|e| self.corrupted(rec.off, e.to_string()))?;
+        if rec.key(base) != key {
             return Err(self.corrupted(rec.off, "version chain leads to another key's record"));
         }
         Ok(Some(rec))
     }
 
     /// The newest version of `key` in `table`, if any.
-    pub(crate) fn head(&self, map: &Mapping, table: Table, key: &[u8]) -> Result<Option<Record>> {
+    pub(crate) fn head(
+        &self,
+        map: &Mapping,
+        recs: &impl Records,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<Record>> {
         let hash = hash_key(self.seed, key);
-        match table.probe(map, hash, key).map_err(|b| self.bad_slot(b))? {
+        match table
+            .probe(map, recs, hash, key)
+            .map_err(|b| self.bad_slot(b))?
+        {
             Probe::Found { head, .. } => Ok(Some(head)),
             Probe::Vacant { .. } => Ok(None),
         }
     }
 
-    /// The value of `key` in the snapshot `st`.
+    /// The value of `key` in the snapshot `st` whose mapping is `map`.
     pub(crate) fn lookup<'m>(
         &self,
         map: &'m Mapping,
@@ -471,10 +485,16 @@ impl Shared {
         key: &[u8],
     ) -> Result<Option<&'m [u8]>> {
         check_key(key)?;
-        let Some(head) = self.head(map, st.table(), key)? else {
+        let recs = SnapshotRecords {
+            shared: self,
+            base: map,
+        };
+        let Some(head) = self.head(map, &recs, st.table(), key)? else {
             return Ok(None);
         };
-        Ok(self.resolve(map, head, st.seq, key)?.map(|r| r.value(map)))
+        Ok(self
+            .resolve(&recs, map, head, st.seq, key)?
+            .map(|r| r.value(map)))
     }
 
     // ---- writer side: everything below runs under the writer lock ----
@@ -645,7 +665,7 @@ impl Shared {
             }
             let replaced = self.replaced_live_size(map, &rec)?;
             let slot = match table
-                .probe(map, hash, rec.key(map))
+                .probe(map, &**map, hash, rec.key(map))
                 .map_err(|b| self.bad_slot(b))?
             {
                 Probe::Found { slot, .. } => slot,
@@ -989,6 +1009,51 @@ const CREATE_LEN: u64 =
 
 fn is_all_zero(map: &Mapping) -> bool {
     (0..map.len() / 8).all(|i| map.load(i * 8, std::sync::atomic::Ordering::Relaxed) == 0)
+}
+
+/// Records as a snapshot reads them: from its own mapping, or — for records
+/// committed after the snapshot, past the end of its mapping when the file
+/// grew — from the newest mapping. Only headers and key comparisons come
+/// from the newer mapping, as copies; no borrow of it escapes.
+pub(crate) struct SnapshotRecords<'a> {
+    pub shared: &'a Shared,
+    pub base: &'a Mapping,
+}
+
+impl SnapshotRecords<'_> {
+    fn newer(&self, end: u64) -> Option<Arc<Mapping>> {
+        let m = self.shared.map.load_full();
+        if m.len() >= end {
+            return Some(m);
+        }
+        let len = self.shared.backend.file_len().ok()?;
+        self.shared.map_covering(len.max(end)).ok()
+    }
+}
+
+impl Records for SnapshotRecords<'_> {
+    fn header(&self, off: u64) -> Result<Record, log::Invalid> {
+        match log::read_header(self.base, off, self.base.len()) {
+            Err(log::Invalid::OutOfBounds) => {
+                let m = self
+                    .newer(off.saturating_add(HEADER_SIZE as u64))
+                    .ok_or(log::Invalid::Unmapped)?;
+                log::read_header(&m, off, m.len())
+            }
+            r => r,
+        }
+    }
+
+    fn key_is(&self, rec: &Record, key: &[u8]) -> bool {
+        if rec.key_len != key.len() {
+            return false;
+        }
+        if rec.key_off() + key.len() as u64 <= self.base.len() {
+            return rec.key(self.base) == key;
+        }
+        self.newer(rec.key_off() + key.len() as u64)
+            .is_some_and(|m| rec.key(&m) == key)
+    }
 }
 
 /// Initialises an empty (or all-zero, interrupted) file as a store;

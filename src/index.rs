@@ -30,6 +30,26 @@ pub(crate) enum Probe {
     Vacant { slot: u64 },
 }
 
+/// Where a probe reads the records that slots name. A snapshot's own
+/// mapping may end before records committed after it (the file grew), so
+/// a snapshot reads those headers through a newer mapping; see
+/// `engine::SnapshotRecords`.
+pub(crate) trait Records {
+    /// The header at `off`, with kind, lengths and bounds checked.
+    fn header(&self, off: u64) -> Result<Record, Invalid>;
+    /// Whether `rec`'s key is `key`.
+    fn key_is(&self, rec: &Record, key: &[u8]) -> bool;
+}
+
+impl Records for Mapping {
+    fn header(&self, off: u64) -> Result<Record, Invalid> {
+        log::read_header(self, off, self.len())
+    }
+    fn key_is(&self, rec: &Record, key: &[u8]) -> bool {
+        rec.key_len == key.len() && rec.key(self) == key
+    }
+}
+
 /// A slot whose record is unreadable: the index names bytes that are not a
 /// record of any key.
 pub(crate) struct BadSlot {
@@ -60,8 +80,15 @@ impl Table {
         (used + extra) * 8 <= self.cap() * MAX_LOAD_EIGHTHS
     }
 
-    /// Probes for `key`. Compares full keys only on tag matches.
-    pub fn probe(&self, map: &Mapping, hash: u64, key: &[u8]) -> Result<Probe, BadSlot> {
+    /// Probes for `key`, reading slots from `map` and records from `recs`.
+    /// Compares full keys only on tag matches.
+    pub fn probe(
+        &self,
+        map: &Mapping,
+        recs: &impl Records,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<Probe, BadSlot> {
         let mask = self.cap() - 1;
         let mut i = slot_home(hash, self.log2);
         for _ in 0..self.cap() {
@@ -76,11 +103,11 @@ impl Table {
                     target,
                     why,
                 };
-                let head = log::read_header(map, target, map.len()).map_err(bad)?;
+                let head = recs.header(target).map_err(bad)?;
                 if !matches!(head.kind, KIND_PUT | KIND_DELETE) {
                     return Err(bad(Invalid::BadKind(head.kind)));
                 }
-                if head.key(map) == key {
+                if recs.key_is(&head, key) {
                     return Ok(Probe::Found { slot: i, head });
                 }
             }

@@ -58,6 +58,8 @@ pub(crate) enum Invalid {
     BadKind(u8),
     BadLengths,
     BadChecksum,
+    /// The file grew past this process's mapping and remapping failed.
+    Unmapped,
 }
 
 impl std::fmt::Display for Invalid {
@@ -67,6 +69,7 @@ impl std::fmt::Display for Invalid {
             Invalid::BadKind(k) => write!(f, "unknown record kind {k}"),
             Invalid::BadLengths => write!(f, "record lengths do not fit its kind"),
             Invalid::BadChecksum => write!(f, "record checksum mismatch"),
+            Invalid::Unmapped => write!(f, "record lies past the mapping and remapping failed"),
         }
     }
 }

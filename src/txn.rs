@@ -4,9 +4,10 @@ use std::sync::{Arc, MutexGuard};
 
 use hashbrown::HashTable;
 
-use crate::engine::{check_key, check_value, Shared, Writer};
+use crate::engine::{check_key, check_value, Shared, SnapshotRecords, Writer};
 use crate::error::Result;
 use crate::format::*;
+use crate::index::Records;
 use crate::live::{self, State};
 use crate::log::{self, Cursor};
 use crate::options::Durability;
@@ -89,6 +90,31 @@ impl<'s> ReadTxn<'s> {
     pub fn iter(&self) -> Iter<'_> {
         Iter { txn: self, slot: 0 }
     }
+
+    /// The entry whose newest record is at `head_off`, as this snapshot
+    /// sees it.
+    fn entry<'m>(&self, map: &'m Mapping, head_off: u64) -> Result<Option<(&'m [u8], &'m [u8])>> {
+        let recs = SnapshotRecords {
+            shared: self.shared,
+            base: map,
+        };
+        let head = recs.header(head_off).map_err(|e| {
+            self.shared
+                .corrupted(head_off, format!("index slot target: {e}"))
+        })?;
+        // The key, copied: the head may lie past this snapshot's mapping.
+        let key_end = head.key_off() + head.key_len as u64;
+        let key = if key_end <= map.len() {
+            head.key(map).to_vec()
+        } else {
+            let newer = self.shared.map_covering(key_end)?;
+            head.key(&newer).to_vec()
+        };
+        Ok(self
+            .shared
+            .resolve(&recs, map, head, self.st.seq, &key)?
+            .map(|r| (r.key(map), r.value(map))))
+    }
 }
 
 /// Iterator over a snapshot's entries; see [`ReadTxn::iter`]. A damaged
@@ -110,16 +136,7 @@ impl<'t> Iterator for Iter<'t> {
             if v == SLOT_EMPTY {
                 continue;
             }
-            let found = txn
-                .shared
-                .header(map, slot_offset(v), "index slot target")
-                .and_then(|head| {
-                    let key = head.key(map);
-                    Ok(txn
-                        .shared
-                        .resolve(map, head, txn.st.seq, key)?
-                        .map(|r| (key, r.value(map))))
-                });
+            let found = txn.entry(map, slot_offset(v));
             match found {
                 Ok(Some(kv)) => return Some(Ok(kv)),
                 Ok(None) => continue,
@@ -276,7 +293,10 @@ impl<'s> WriteTxn<'s> {
     fn committed_version(&self, hash: u64, key: &[u8]) -> Result<Option<(u64, bool)>> {
         let off = match self.pending_of(hash, key) {
             Some(p) => self.shared.header(&self.map, p.off, "own record")?.prev,
-            None => match self.shared.head(&self.map, self.base.table(), key)? {
+            None => match self
+                .shared
+                .head(&self.map, &*self.map, self.base.table(), key)?
+            {
                 Some(head) => return Ok(Some((head.off, head.kind == KIND_PUT))),
                 None => 0,
             },

@@ -213,7 +213,7 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
             push(slot_off, "index slot tag does not match its key".into());
             continue;
         }
-        match table.probe(map, hash, key) {
+        match table.probe(map, map, hash, key) {
             Ok(Probe::Found { slot, .. }) if slot == i => {}
             Ok(_) => push(
                 slot_off,
@@ -221,7 +221,7 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
             ),
             Err(b) => push(b.slot_off, shared.bad_slot(b).to_string()),
         }
-        match shared.resolve(map, head, st.seq, key) {
+        match shared.resolve(map, map, head, st.seq, key) {
             Ok(Some(_)) => r.keys += 1,
             Ok(None) => {}
             Err(e) => push(slot_off, e.to_string()),
