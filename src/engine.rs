@@ -259,16 +259,25 @@ impl Shared {
         };
         let writable = backend.writable();
         lock(LockId::Open, LockMode::Shared)?;
-        if writable {
+        // A live header is trustworthy only while some handle that
+        // validated it is alive (it holds `Live`); otherwise it may be left
+        // from before a reboot, and the checkpoint is the truth.
+        let held = |b: &dyn Backend| b.held_by_others(LockId::Live).unwrap_or(false);
+        let mut join = held(&*backend);
+        if writable && !join {
             // Creation and recovery run under the writer lock, so two
-            // handles opening at once never both initialise the file.
+            // handles opening at once never both initialise the file. Only
+            // then: joining a live store must not wait for another
+            // process's write transaction.
             lock(LockId::Writer, LockMode::Exclusive)?;
+            join = held(&*backend);
         }
+        let locked_writer = writable && !join;
         let mut file_len = backend
             .file_len()
             .map_err(|e| io_error(&path, "read the file length", e))?;
         if file_len == 0 {
-            if !writable || !opts.create {
+            if !locked_writer || !opts.create {
                 return Err(Error::NotAStore {
                     path,
                     reason: "empty file".into(),
@@ -287,7 +296,7 @@ impl Shared {
         let mut map = backend
             .map(file_len)
             .map_err(|e| io_error(&path, "map the file", e))?;
-        if writable && opts.create && file_len <= CREATE_LEN && is_all_zero(&map) {
+        if locked_writer && opts.create && file_len <= CREATE_LEN && is_all_zero(&map) {
             // A creation that was cut short (it writes the meta page last,
             // in its one flush): nothing was ever committed, start again.
             drop(map);
@@ -322,10 +331,7 @@ impl Shared {
             }),
             backend,
         };
-        // A live header is trustworthy only while some handle that
-        // validated it is alive (it holds `Live`); otherwise it may be left
-        // from before a reboot, and the checkpoint is the truth.
-        let live_state = if shared.backend.held_by_others(LockId::Live).unwrap_or(false) {
+        let live_state = if join {
             live::read(&shared.map.load())
         } else {
             None
@@ -333,10 +339,13 @@ impl Shared {
         if writable {
             let state = match live_state {
                 Some(st) => st,
-                None => {
+                None if locked_writer => {
                     let st = shared.recover(&meta)?;
                     live::init(&shared.map.load(), &st);
                     st
+                }
+                None => {
+                    return Err(corrupted(&path, LIVE_OFFSET, "live header never settles"));
                 }
             };
             shared
@@ -345,7 +354,9 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .state = state;
             shared.lock(LockId::Live, LockMode::Shared, true)?;
-            shared.lock(LockId::Writer, LockMode::Unlock, true)?;
+            if locked_writer {
+                shared.lock(LockId::Writer, LockMode::Unlock, true)?;
+            }
         } else if live_state.is_some() {
             shared.lock(LockId::Live, LockMode::Shared, true)?;
         } else if meta.is_clean() {
