@@ -1,0 +1,152 @@
+//! The API's contract: limits, errors, read-only handles, transactions.
+
+use mapkv::{Error, Options, Store, MAX_KEY_LEN, MAX_VALUE_LEN};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("api.kv")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn keys_must_be_1_byte_to_64_kib() {
+    let (_d, s) = store();
+    assert!(matches!(s.put(b"", b"v"), Err(Error::EmptyKey)));
+    assert!(matches!(s.get(b""), Err(Error::EmptyKey)));
+    assert!(matches!(s.delete(b""), Err(Error::EmptyKey)));
+    let longest = vec![b'k'; MAX_KEY_LEN];
+    assert_eq!(MAX_KEY_LEN, 65536);
+    s.put(&longest, b"fits").unwrap();
+    assert_eq!(s.get(&longest).unwrap(), Some(b"fits".to_vec()));
+    let too_long = vec![b'k'; MAX_KEY_LEN + 1];
+    match s.put(&too_long, b"v") {
+        Err(
+            e @ Error::KeyTooLarge {
+                len: 65537,
+                max: 65536,
+            },
+        ) => {
+            assert!(e.to_string().contains("65537"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    s.put(b"x", b"").unwrap();
+    assert_eq!(s.get(b"x").unwrap(), Some(Vec::new()));
+    drop(s);
+}
+
+#[test]
+fn values_over_1_gib_are_refused_before_anything_is_written() {
+    let (_d, s) = store();
+    let before = s.stats().unwrap();
+    let huge = vec![0u8; MAX_VALUE_LEN + 1];
+    assert!(matches!(
+        s.put(b"k", &huge),
+        Err(Error::ValueTooLarge { len, max }) if len == MAX_VALUE_LEN + 1 && max == MAX_VALUE_LEN
+    ));
+    assert_eq!(s.stats().unwrap(), before);
+}
+
+#[test]
+fn a_read_only_handle_reads_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.kv");
+    Store::open(&path).unwrap().put(b"k", b"v").unwrap();
+    let ro = Options::new().read_only(true).open(&path).unwrap();
+    assert_eq!(ro.get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert!(matches!(ro.put(b"k", b"w"), Err(Error::ReadOnly { .. })));
+    assert!(matches!(ro.begin_write(), Err(Error::ReadOnly { .. })));
+    assert!(ro.verify().unwrap().is_ok());
+    // While a read-write handle is open, the read-only one follows it.
+    let rw = Store::open(&path).unwrap();
+    let ro2 = Options::new().read_only(true).open(&path).unwrap();
+    rw.put(b"k", b"newer").unwrap();
+    assert_eq!(ro2.get(b"k").unwrap(), Some(b"newer".to_vec()));
+}
+
+#[test]
+fn read_only_works_on_a_file_without_write_permission() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perm.kv");
+    Store::open(&path).unwrap().put(b"k", b"v").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let ro = Options::new().read_only(true).open(&path).unwrap();
+    assert_eq!(ro.get(b"k").unwrap(), Some(b"v".to_vec()));
+    // Root ignores permission bits; only check the refusal when it applies.
+    if std::fs::OpenOptions::new().write(true).open(&path).is_err() {
+        match Store::open(&path) {
+            Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("perm.kv"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn try_begin_write_reports_a_writer_in_another_thread() {
+    let (_d, s) = store();
+    let tx = s.begin_write().unwrap();
+    std::thread::scope(|sc| {
+        sc.spawn(|| assert!(s.try_begin_write().unwrap().is_none()));
+    });
+    drop(tx);
+    assert!(s.try_begin_write().unwrap().is_some());
+}
+
+#[test]
+fn dropping_a_write_transaction_aborts_it() {
+    let (_d, s) = store();
+    s.put(b"a", b"1").unwrap();
+    {
+        let mut tx = s.begin_write().unwrap();
+        tx.put(b"a", b"2").unwrap();
+        tx.put(b"b", b"2").unwrap();
+        assert!(tx.delete(b"a").unwrap());
+        assert!(!tx.delete(b"a").unwrap());
+        assert_eq!(tx.get(b"a").unwrap(), None);
+    }
+    assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(s.get(b"b").unwrap(), None);
+    let seq = s.begin_read().unwrap().seq();
+    // An empty commit changes nothing and returns the current seq.
+    assert_eq!(s.begin_write().unwrap().commit().unwrap(), seq);
+    assert!(!s.delete(b"never").unwrap());
+    assert_eq!(s.begin_read().unwrap().seq(), seq);
+}
+
+#[test]
+fn commit_returns_increasing_seqs_that_snapshots_report() {
+    let (_d, s) = store();
+    let mut last = s.begin_read().unwrap().seq();
+    for i in 0..10u8 {
+        let mut tx = s.begin_write().unwrap();
+        tx.put(&[i], &[i]).unwrap();
+        let seq = tx.commit().unwrap();
+        assert_eq!(seq, last + 1);
+        assert_eq!(s.begin_read().unwrap().seq(), seq);
+        last = seq;
+    }
+    let snap = s.begin_read().unwrap();
+    assert_eq!(snap.len(), 10);
+    assert!(!snap.is_empty());
+    assert!(snap.contains_key(&[3]).unwrap());
+    assert!(!snap.contains_key(&[30]).unwrap());
+}
+
+#[test]
+fn stats_count_live_and_dead_bytes() {
+    let (_d, s) = store();
+    s.put(b"k", &[1u8; 1000]).unwrap();
+    let one = s.stats().unwrap();
+    assert_eq!(one.keys, 1);
+    assert_eq!(one.dead_bytes, 48); // the commit record
+    s.put(b"k", &[2u8; 1000]).unwrap();
+    let two = s.stats().unwrap();
+    assert_eq!(two.keys, 1);
+    assert_eq!(two.live_bytes, one.live_bytes);
+    assert!(two.dead_bytes >= one.live_bytes);
+    assert!(s.delete(b"k").unwrap());
+    let three = s.stats().unwrap();
+    assert_eq!((three.keys, three.live_bytes), (0, 0));
+    assert!(matches!(s.compact(), Err(Error::Unsupported { .. })));
+}
