@@ -189,7 +189,7 @@ pub(crate) fn pick_meta(path: &Path, map: &Mapping) -> Result<Meta> {
     let best = checks
         .iter()
         .filter_map(|(_, c)| match c {
-            MetaCheck::Ok(m) => Some(*m),
+            MetaCheck::Ok(m) => Some(**m),
             _ => None,
         })
         .max_by_key(|m| m.generation.get());

@@ -138,14 +138,14 @@ impl Meta {
 
 /// What a meta page slot holds, classified in the order the checks run:
 /// magic → version → sizes → checksum.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum MetaCheck {
     BadMagic,
     NewerVersion(u32),
     BadVersion(u32),
     BadParams(&'static str),
     BadChecksum,
-    Ok(Meta),
+    Ok(Box<Meta>),
 }
 
 pub fn check_meta(bytes: &[u8; META_SIZE]) -> MetaCheck {
@@ -172,7 +172,7 @@ pub fn check_meta(bytes: &[u8; META_SIZE]) -> MetaCheck {
     if !(MIN_INDEX_LOG2..=40).contains(&meta.index_log2.get()) {
         return MetaCheck::BadParams("index size out of range");
     }
-    MetaCheck::Ok(meta)
+    MetaCheck::Ok(Box::new(meta))
 }
 
 /// Record kinds in the log.

@@ -8,11 +8,14 @@ use std::collections::{HashMap, HashSet};
 use mapkv::sim::SimDisk;
 use mapkv::{Options, Store};
 
+/// Every value ever committed, per key.
+type Committed = HashMap<Vec<u8>, HashSet<Vec<u8>>>;
+
 /// A small store (as file bytes) and every value ever committed per key.
-fn small_store() -> (Vec<u8>, HashMap<Vec<u8>, HashSet<Vec<u8>>>) {
+fn small_store() -> (Vec<u8>, Committed) {
     let disk = SimDisk::new(64 << 20);
     let store = Options::new().open_sim(&disk).unwrap();
-    let mut committed: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
+    let mut committed = Committed::new();
     for round in 0..3u8 {
         let mut tx = store.begin_write().unwrap();
         for k in 0..12u8 {
@@ -29,7 +32,7 @@ fn small_store() -> (Vec<u8>, HashMap<Vec<u8>, HashSet<Vec<u8>>>) {
 }
 
 /// Exercises a damaged image; returns whether it opened.
-fn exercise(image: &[u8], committed: &HashMap<Vec<u8>, HashSet<Vec<u8>>>) -> bool {
+fn exercise(image: &[u8], committed: &Committed) -> bool {
     let disk = SimDisk::from_image(image, 64 << 20);
     let store = match Options::new().create(false).open_sim(&disk) {
         Ok(s) => s,
@@ -47,7 +50,7 @@ fn exercise(image: &[u8], committed: &HashMap<Vec<u8>, HashSet<Vec<u8>>>) -> boo
     true
 }
 
-fn check_values(store: &Store, committed: &HashMap<Vec<u8>, HashSet<Vec<u8>>>) {
+fn check_values(store: &Store, committed: &Committed) {
     let Ok(snap) = store.begin_read() else { return };
     for (key, values) in committed {
         if let Ok(Some(v)) = snap.get(key) {

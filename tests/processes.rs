@@ -8,9 +8,24 @@ use std::time::{Duration, Instant};
 
 use mapkv::{Options, Store};
 
-/// Starts this binary as a child running `child_writer` on `db`.
-fn spawn_writer(db: &Path, keys: u32) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// A child process running `child_writer`; killed and reaped when dropped,
+/// so a failing test leaves no process behind.
+struct ChildWriter {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for ChildWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts this binary as a child running `child_writer` on `db`, and waits
+/// until it holds the write lock.
+fn spawn_writer(db: &Path, keys: u32) -> ChildWriter {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",
@@ -22,18 +37,22 @@ fn spawn_writer(db: &Path, keys: u32) -> (Child, BufReader<std::process::ChildSt
         .env("MAPKV_CHILD_KEYS", keys.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+        .spawn();
+    let mut child = child.unwrap();
+    let stdout = child.stdout.take();
+    let mut w = ChildWriter {
+        child,
+        out: BufReader::new(stdout.expect("piped stdout")),
+    };
     let mut line = String::new();
     loop {
         line.clear();
         assert!(
-            out.read_line(&mut line).unwrap() > 0,
+            w.out.read_line(&mut line).unwrap() > 0,
             "child exited before locking"
         );
         if line.trim_end().ends_with("locked") {
-            return (child, out);
+            return w;
         }
     }
 }
@@ -66,7 +85,7 @@ fn a_second_process_is_refused_or_waits_and_nothing_is_lost() {
     let store = Store::open(&db).unwrap();
     store.put(b"parent-0", b"x").unwrap();
 
-    let (mut child, mut out) = spawn_writer(&db, 100);
+    let mut child = spawn_writer(&db, 100);
     // The child holds the lock: we are told, not blocked.
     assert!(store.try_begin_write().unwrap().is_none());
     // Reads go on while another process writes.
@@ -86,11 +105,11 @@ fn a_second_process_is_refused_or_waits_and_nothing_is_lost() {
         waited
     });
     std::thread::sleep(Duration::from_millis(200));
-    drop(child.stdin.take()); // let the child commit
+    drop(child.child.stdin.take()); // let the child commit
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    child.out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "committed");
-    assert!(child.wait().unwrap().success());
+    assert!(child.child.wait().unwrap().success());
     let waited = waiter.join().unwrap();
     assert!(
         waited >= Duration::from_millis(100),
@@ -109,10 +128,9 @@ fn a_killed_writer_releases_the_lock_and_its_work_vanishes() {
     let store = Store::open(&db).unwrap();
     store.put(b"before", b"1").unwrap();
     // Enough uncommitted data to grow the file while holding the lock.
-    let (mut child, _out) = spawn_writer(&db, 30_000);
+    let child = spawn_writer(&db, 30_000);
     assert!(store.try_begin_write().unwrap().is_none());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child); // SIGKILL, then reap
     let mut tx = store.begin_write().unwrap();
     assert_eq!(tx.get(b"child-0").unwrap(), None);
     tx.put(b"after", b"2").unwrap();

@@ -1,0 +1,16 @@
+//! `kvctl init`: create an empty store.
+
+use std::path::Path;
+
+use crate::{Outcome, EXIT_OK};
+
+/// Create an empty store (or open an existing one and leave it as it is).
+///
+/// Example: kvctl --db data.kv init
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(db: &Path, _: Args) -> Outcome {
+    mapkv::Options::new().create(true).open(db)?.close()?;
+    Ok(EXIT_OK)
+}
