@@ -916,11 +916,13 @@ impl Shared {
 
     /// Takes the writer lock (this process's mutex, then the file lock),
     /// brings the writer's state up to date with what any process
-    /// published, and finishes what a dead writer left. Returns `None` if
-    /// `wait` is false and another writer holds the lock.
+    /// published, and finishes what a dead writer left. For a write
+    /// transaction (`for_txn`) it also takes a checkpoint if one is due.
+    /// Returns `None` if `wait` is false and another writer holds the lock.
     pub(crate) fn begin_writer(
         &self,
         wait: bool,
+        for_txn: bool,
     ) -> Result<Option<(MutexGuard<'_, Writer>, Arc<Mapping>)>> {
         if !self.writable() {
             return Err(Error::ReadOnly {
@@ -944,7 +946,7 @@ impl Shared {
         if !self.lock(LockId::Writer, LockMode::Exclusive, wait)? {
             return Ok(None);
         }
-        match self.refresh_writer(&mut w) {
+        match self.refresh_writer(&mut w, for_txn) {
             Ok(map) => Ok(Some((w, map))),
             Err(e) => {
                 let _ = self.lock(LockId::Writer, LockMode::Unlock, true);
@@ -953,7 +955,7 @@ impl Shared {
         }
     }
 
-    fn refresh_writer(&self, w: &mut Writer) -> Result<Arc<Mapping>> {
+    fn refresh_writer(&self, w: &mut Writer, for_txn: bool) -> Result<Arc<Mapping>> {
         let (mut st, mut map) = self.snapshot()?;
         if st != w.state {
             // Another handle committed since we last wrote: our list of
@@ -966,11 +968,11 @@ impl Shared {
         st.meta_gen = meta.generation.get();
         st.meta_clean = meta.is_clean() as u64;
         self.adopt_orphan_commits(w, &mut map, &mut st)?;
-        if st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES {
+        // Checkpoint here, before the transaction writes anything: the
+        // meta page then never names space the transaction hands out.
+        let due = st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES;
+        if for_txn && due {
             self.checkpoint(w, &map, &mut st, false)?;
-            live::publish(&map, &st);
-        } else if st.meta_clean != 0 {
-            self.mark_dirty(w, &map, &mut st)?;
             live::publish(&map, &st);
         }
         w.state = st;
@@ -987,7 +989,8 @@ impl Shared {
 
     /// On close: if this handle is the last one and can write, checkpoint
     /// and mark the store clean, so the next open neither replays the log
-    /// nor scans the index.
+    /// nor scans the index. A store still clean (nothing was written since
+    /// the last clean checkpoint) is left alone.
     pub(crate) fn close(&self) -> Result<()> {
         if !self.writable() || self.offline.is_some() {
             return Ok(());
@@ -995,8 +998,12 @@ impl Shared {
         if !self.lock(LockId::Open, LockMode::Exclusive, false)? {
             return Ok(());
         }
-        let result = match self.begin_writer(false)? {
+        let result = match self.begin_writer(false, false)? {
             None => Ok(()),
+            Some((w, _)) if w.state.meta_clean != 0 => {
+                self.end_writer();
+                Ok(())
+            }
             Some((mut w, map)) => {
                 let mut st = w.state;
                 let r = self.checkpoint(&mut w, &map, &mut st, true);

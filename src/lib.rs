@@ -92,3 +92,8 @@ pub use options::{Durability, Options};
 pub use store::{CompactReport, Store};
 pub use txn::{Iter, ReadTxn, WriteTxn};
 pub use verify::{Problem, Stats, VerifyReport};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -121,7 +121,7 @@ impl Store {
     /// [`Durability::Eventual`](crate::Durability::Eventual)), with one
     /// flush. Waits for the writer lock.
     pub fn sync(&self) -> Result<()> {
-        let Some((mut w, map)) = self.shared.begin_writer(true)? else {
+        let Some((mut w, map)) = self.shared.begin_writer(true, false)? else {
             unreachable!("a waiting begin_writer always gets the lock");
         };
         let result = self.shared.sync_writer(&mut w, &map);

@@ -198,7 +198,7 @@ pub struct WriteTxn<'s> {
 
 impl<'s> WriteTxn<'s> {
     pub(crate) fn begin(shared: &'s Shared, wait: bool) -> Result<Option<WriteTxn<'s>>> {
-        let Some((w, map)) = shared.begin_writer(wait)? else {
+        let Some((w, map)) = shared.begin_writer(wait, true)? else {
             return Ok(None);
         };
         let base = w.state;
@@ -405,6 +405,12 @@ impl<'s> WriteTxn<'s> {
             .iter()
             .map(|p| Ok((p.hash, self.shared.header(&map, p.off, "own record")?)))
             .collect::<Result<_>>()?;
+        // 0. After a clean close the meta page says the index on disk is
+        //    the checkpoint's; say otherwise before any slot changes.
+        if self.base.meta_clean != 0 {
+            self.shared
+                .mark_dirty(&mut self.w, &self.map, &mut self.base)?;
+        }
         // 1. Room in the index, before anything is committed: a full disk
         //    fails here and leaves the store as it was.
         let extra = finals

@@ -132,3 +132,17 @@ fn libc_eio() -> i32 {
 fn libc_enospc() -> i32 {
     28
 }
+
+#[test]
+fn opening_and_closing_a_clean_store_without_writing_flushes_nothing() {
+    let disk = SimDisk::new(64 << 20);
+    store_on(&disk).put(b"k", b"v").unwrap(); // closes clean
+    let before = disk.flush_count();
+    for _ in 0..5 {
+        let s = store_on(&disk);
+        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+        s.sync().unwrap();
+        assert_eq!(s.begin_write().unwrap().commit().unwrap(), 1);
+    }
+    assert_eq!(disk.flush_count(), before);
+}
