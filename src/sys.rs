@@ -104,3 +104,18 @@ pub(crate) fn fallocate_keep_size(file: &File, off: u64, len: u64) -> io::Result
         }
     }
 }
+
+/// Drops the (clean) page-cache pages of `[off, off + len)`. Advice only:
+/// errors are ignored, nothing depends on it for correctness.
+pub(crate) fn drop_cached(file: &File, off: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor with integer arguments;
+    // it cannot affect memory safety (mapped pages are refetched on fault).
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
