@@ -1,0 +1,91 @@
+//! The `open_file` fuzz target's body, run with seeded inputs: the
+//! checked-in seed files, random bytes, and random mutations of real store
+//! files must all give `Ok` or a clean `Err`.
+
+mod common;
+
+use std::fs;
+
+use mapkv::check::open_file;
+use rand::{Rng, RngCore};
+
+fn seeds() -> Vec<(String, Vec<u8>)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/open_file");
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_seed_files_open_or_fail_cleanly() {
+    let seeds = seeds();
+    assert!(seeds.len() >= 6);
+    for (name, bytes) in &seeds {
+        let err = open_file(bytes);
+        // The real stores open (and take a write); the junk does not.
+        if name.starts_with("seed-store") {
+            assert!(err.is_none(), "{name}: {err:?}");
+        } else {
+            assert!(err.is_some(), "{name} opened");
+        }
+    }
+}
+
+#[test]
+fn mutated_store_files_open_or_fail_cleanly() {
+    let stores: Vec<Vec<u8>> = seeds()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("seed-store"))
+        .map(|(_, b)| b)
+        .collect();
+    let mut rng = common::rng(99);
+    let (mut opened, mut runs) = (0, 0);
+    for _ in 0..300 {
+        let mut bytes = stores[rng.gen_range(0..stores.len())].clone();
+        // Mutations: flip bytes in the used part (headers, log, index),
+        // overwrite a run with random bytes, or cut the file short.
+        for _ in 0..rng.gen_range(1..8) {
+            let region = match rng.gen_range(0..4) {
+                0 => 0..256usize,
+                1 => 8192..8192 + 320,
+                2 => 65536..65536 + 2048,
+                _ => 1_114_112..1_114_112 + 4096,
+            };
+            let at = rng.gen_range(region);
+            let len = bytes.len();
+            if at >= len {
+                continue; // an earlier mutation cut the file before here
+            }
+            match rng.gen_range(0..3) {
+                0 => bytes[at] ^= 1 << rng.gen_range(0..8),
+                1 => rng.fill_bytes(&mut bytes[at..(at + 16).min(len)]),
+                _ => bytes.truncate(at),
+            }
+        }
+        runs += 1;
+        if open_file(&bytes).is_none() {
+            opened += 1;
+        }
+    }
+    assert_eq!(runs, 300);
+    assert!(opened > 0, "no mutation left a usable store");
+}
+
+#[test]
+fn random_bytes_never_open() {
+    let mut rng = common::rng(5);
+    for len in [0usize, 1, 100, 4096, 65535, 65536, 70_000, 1 << 20] {
+        let mut bytes = vec![0u8; len];
+        rng.fill_bytes(&mut bytes);
+        assert!(open_file(&bytes).is_some(), "{len} random bytes opened");
+    }
+}
