@@ -65,6 +65,13 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// Another handle (thread or process) holds the write lock and the
+    /// caller asked not to wait: [`Store::try_write`](crate::Store::try_write)
+    /// (whereas `try_begin_write` reports it as `Ok(None)`).
+    WriterBusy {
+        /// The file.
+        path: PathBuf,
+    },
     /// A flush failed earlier. Linux reports a writeback error only once, so
     /// a later flush could "succeed" without the data reaching the disk;
     /// this handle refuses writes until the store is opened again.
@@ -122,6 +129,11 @@ impl fmt::Display for Error {
                 write!(f, "value of {len} bytes is over the limit of {max} bytes")
             }
             Error::ReadOnly { path } => write!(f, "{}: store is open read-only", path.display()),
+            Error::WriterBusy { path } => write!(
+                f,
+                "{}: another writer holds the store's write lock",
+                path.display()
+            ),
             Error::Poisoned { path } => write!(
                 f,
                 "{}: an earlier flush failed; reopen the store before writing again",

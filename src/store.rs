@@ -96,6 +96,14 @@ impl Store {
         WriteTxn::begin(&self.shared, false)
     }
 
+    /// Like [`try_begin_write`](Self::try_begin_write), but a held lock is
+    /// an error (`Error::WriterBusy`), for callers that treat it as one.
+    pub fn try_write(&self) -> Result<WriteTxn<'_>> {
+        self.try_begin_write()?.ok_or_else(|| Error::WriterBusy {
+            path: self.shared.path.clone(),
+        })
+    }
+
     /// The newest committed value of `key`, copied out.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.begin_read()?.get(key)?.map(<[u8]>::to_vec))

@@ -150,3 +150,21 @@ fn stats_count_live_and_dead_bytes() {
     assert_eq!((three.keys, three.live_bytes), (0, 0));
     assert!(matches!(s.compact(), Err(Error::Unsupported { .. })));
 }
+
+#[test]
+fn store_is_send_and_sync_and_a_busy_writer_is_an_error_on_request() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Store>();
+    let (_d, s) = store();
+    let tx = s.begin_write().unwrap();
+    std::thread::scope(|sc| {
+        sc.spawn(|| match s.try_write() {
+            Err(e @ Error::WriterBusy { .. }) => {
+                assert!(e.to_string().contains("write lock"), "{e}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        });
+    });
+    drop(tx);
+    assert!(s.try_write().is_ok());
+}

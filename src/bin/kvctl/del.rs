@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{open_existing, Outcome, EXIT_NOT_FOUND, EXIT_OK};
+use crate::{begin_write, open_existing, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Remove KEYs in one transaction; prints how many existed, exit 1 if none.
 ///
@@ -14,9 +14,9 @@ pub struct Args {
     keys: Vec<String>,
 }
 
-pub fn run(db: &Path, a: Args) -> Outcome {
+pub fn run(db: &Path, a: Args, wait: bool) -> Outcome {
     let store = open_existing(db)?;
-    let mut tx = store.begin_write()?;
+    let mut tx = begin_write(&store, wait)?;
     let mut existed = 0;
     for k in &a.keys {
         existed += tx.delete(k.as_bytes())? as usize;

@@ -18,6 +18,8 @@ use clap::{Parser, Subcommand};
 const EXIT_OK: u8 = 0;
 /// Exit status: key not found, or `verify` found problems.
 const EXIT_NOT_FOUND: u8 = 1;
+/// Exit status: `--no-wait` and another writer holds the store.
+const EXIT_LOCKED: u8 = 3;
 /// Exit status: the store is corrupted (or not a store).
 const EXIT_CORRUPT: u8 = 4;
 /// Exit status: any other error (I/O, limits, ...).
@@ -31,7 +33,8 @@ const EXIT_ERROR: u8 = 5;
     about,
     after_help = "\
 Exit status: 0 ok; 1 key not found or verify found problems; 2 usage error;
-4 corrupt store or not a store; 5 other errors.
+3 store locked by another writer (with --no-wait); 4 corrupt store or not a
+store; 5 other errors.
 
 Example:
   kvctl --db demo.kv put greeting hello
@@ -41,6 +44,9 @@ struct Cli {
     /// The store file.
     #[arg(long, env = "MAPKV_DB", global = true, value_name = "PATH")]
     db: Option<PathBuf>,
+    /// Fail (exit 3) instead of waiting when another writer holds the store.
+    #[arg(long, global = true)]
+    no_wait: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -64,11 +70,12 @@ fn main() -> ExitCode {
         eprintln!("kvctl: no store given: use --db PATH or set MAPKV_DB");
         return ExitCode::from(2);
     };
+    let wait = !cli.no_wait;
     let outcome = match cli.cmd {
         Command::Init(a) => init::run(&db, a),
-        Command::Put(a) => put::run(&db, a),
+        Command::Put(a) => put::run(&db, a, wait),
         Command::Get(a) => get::run(&db, a),
-        Command::Del(a) => del::run(&db, a),
+        Command::Del(a) => del::run(&db, a, wait),
         Command::Stats(a) => stats::run(&db, a),
         Command::Verify(a) => verify::run(&db, a),
     };
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
                 mapkv::Error::Corrupted { .. }
                 | mapkv::Error::NotAStore { .. }
                 | mapkv::Error::UnsupportedVersion { .. } => EXIT_CORRUPT,
+                mapkv::Error::WriterBusy { .. } => EXIT_LOCKED,
                 _ => EXIT_ERROR,
             })
         }
@@ -89,6 +97,15 @@ fn main() -> ExitCode {
 /// Opens an existing store (commands other than `init` never create one).
 fn open_existing(db: &std::path::Path) -> mapkv::Result<mapkv::Store> {
     mapkv::Options::new().create(false).open(db)
+}
+
+/// Begins a write transaction, waiting for the lock or not.
+fn begin_write(store: &mapkv::Store, wait: bool) -> mapkv::Result<mapkv::WriteTxn<'_>> {
+    if wait {
+        store.begin_write()
+    } else {
+        store.try_write()
+    }
 }
 
 /// Opens an existing store for reading: read-write if this process may

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::{open_existing, Outcome, EXIT_OK};
+use crate::{begin_write, open_existing, Outcome, EXIT_OK};
 
 /// Set KEY to VALUE (from the argument, `--file`, or standard input with `-`).
 ///
@@ -23,7 +23,7 @@ pub struct Args {
     create: bool,
 }
 
-pub fn run(db: &Path, a: Args) -> Outcome {
+pub fn run(db: &Path, a: Args, wait: bool) -> Outcome {
     let value = match (&a.value, &a.file) {
         (_, Some(f)) => std::fs::read(f).map_err(|e| io(f, e))?,
         (Some(v), None) if v == "-" => {
@@ -41,7 +41,9 @@ pub fn run(db: &Path, a: Args) -> Outcome {
     } else {
         open_existing(db)?
     };
-    store.put(a.key.as_bytes(), &value)?;
+    let mut tx = begin_write(&store, wait)?;
+    tx.put(a.key.as_bytes(), &value)?;
+    tx.commit()?;
     store.close()?;
     Ok(EXIT_OK)
 }
