@@ -613,13 +613,7 @@ impl Shared {
         let bytes = 8u64 << log2;
         let off = self.allocate(map, st, bytes)?;
         // Allocated space may hold bytes of an aborted transaction.
-        let zeros = vec![0u8; (bytes as usize).min(1 << 20)];
-        let mut p = off;
-        while p < off + bytes {
-            let n = (off + bytes - p).min(zeros.len() as u64);
-            map.write(p, &zeros[..n as usize]);
-            p += n;
-        }
+        zero(map, off, bytes);
         let new = Table { off, log2 };
         for i in 0..old.cap() {
             let v = old.load(map, i);
@@ -759,23 +753,42 @@ impl Shared {
                 return self.rebuild(meta);
             }
         }
-        if commits.is_empty() {
-            return Ok(st);
+        if !commits.is_empty() {
+            self.settle(&mut self.writer(), &map, &mut st, &commits)?;
+            self.apply_all(&mut map, &mut st, &commits)?;
         }
-        // The replayed commits may exist only in the page cache (the
-        // process died, the machine did not): make them durable before the
-        // index points at them.
-        let mut w = self.writer();
-        self.flush(&mut w, &map, 0, map.len())?;
-        drop(w);
-        for c in &commits {
+        Ok(st)
+    }
+
+    /// Makes scanned commits durable before the index points at them (they
+    /// may exist only in the page cache of a process that died), and moves
+    /// `alloc_end` past every extent they use so no allocation lands there.
+    fn settle(
+        &self,
+        w: &mut Writer,
+        map: &Mapping,
+        st: &mut State,
+        commits: &[ScannedCommit],
+    ) -> Result<()> {
+        self.flush(w, map, 0, map.len())?;
+        for c in commits {
             st.alloc_end = st.alloc_end.max(c.max_extent_end);
         }
-        for c in &commits {
-            self.apply_scanned(&mut map, &mut st, c)?;
+        Ok(())
+    }
+
+    /// Applies settled commits in log order.
+    fn apply_all(
+        &self,
+        map: &mut Arc<Mapping>,
+        st: &mut State,
+        commits: &[ScannedCommit],
+    ) -> Result<()> {
+        for c in commits {
+            self.apply_scanned(map, st, c)?;
         }
         st.synced_tail = st.tail;
-        Ok(st)
+        Ok(())
     }
 
     /// Whether the checkpointed index has a slot naming a record that is
@@ -819,15 +832,12 @@ impl Shared {
             meta_gen: meta.generation.get(),
             ..State::default()
         };
-        // Pass 1: find where the log ends, so new space comes after it.
+        // Every commit of the log, held in memory (this path is rare: a
+        // power cut that lost Eventual commits whose slots were written).
         let commits = self.scan_tail(&map, &first);
         let mut st = first;
-        for c in &commits {
-            st.alloc_end = st.alloc_end.max(c.max_extent_end);
-        }
         let mut w = self.writer();
-        self.flush(&mut w, &map, 0, map.len())?;
-        drop(w);
+        self.settle(&mut w, &map, &mut st, &commits)?;
         // A fresh, empty table sized for the keys the checkpoint knew.
         st.index_used = 0;
         let want = meta.key_count.get().max(1);
@@ -835,14 +845,10 @@ impl Shared {
         while !(Table { off: 0, log2 }).fits(0, want) && log2 < 40 {
             log2 += 1;
         }
-        let bytes = 8u64 << log2;
-        st.index_off = self.allocate(&mut map, &mut st, bytes)?;
+        st.index_off = self.allocate(&mut map, &mut st, 8u64 << log2)?;
         st.index_log2 = log2 as u64;
-        map.write(st.index_off, &vec![0u8; bytes as usize]);
-        for c in &commits {
-            self.apply_scanned(&mut map, &mut st, c)?;
-        }
-        let mut w = self.writer();
+        zero(&map, st.index_off, 8u64 << log2);
+        self.apply_all(&mut map, &mut st, &commits)?;
         self.checkpoint(&mut w, &map, &mut st, false)?;
         Ok(st)
     }
@@ -860,14 +866,8 @@ impl Shared {
         if commits.is_empty() {
             return Ok(());
         }
-        self.flush(w, map, 0, map.len())?;
-        for c in &commits {
-            st.alloc_end = st.alloc_end.max(c.max_extent_end);
-        }
-        for c in &commits {
-            self.apply_scanned(map, st, c)?;
-        }
-        st.synced_tail = st.tail;
+        self.settle(w, map, st, &commits)?;
+        self.apply_all(map, st, &commits)?;
         live::publish(map, st);
         Ok(())
     }
@@ -1027,6 +1027,18 @@ const CREATE_LEN: u64 =
 
 fn is_all_zero(map: &Mapping) -> bool {
     (0..map.len() / 8).all(|i| map.load(i * 8, std::sync::atomic::Ordering::Relaxed) == 0)
+}
+
+/// Zeroes `[off, off + len)` of space the writer just allocated (rule 3 of
+/// the storage module: nobody else can see it yet).
+fn zero(map: &Mapping, off: u64, len: u64) {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut p = off;
+    while p < off + len {
+        let n = (off + len - p).min(zeros.len() as u64);
+        map.write(p, &zeros[..n as usize]);
+        p += n;
+    }
 }
 
 /// Records as a snapshot reads them: from its own mapping, or — for records

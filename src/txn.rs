@@ -265,7 +265,10 @@ impl<'s> WriteTxn<'s> {
         check_key(key)?;
         check_value(value)?;
         let hash = hash_key(self.shared.seed, key);
-        let prev = self.committed_version(hash, key)?.map_or(0, |(off, _)| off);
+        let pending = self.pending_of(hash, key);
+        let prev = self
+            .committed_version(pending, key)?
+            .map_or(0, |(off, _)| off);
         self.append(KIND_PUT, hash, prev, key, value)
     }
 
@@ -273,25 +276,29 @@ impl<'s> WriteTxn<'s> {
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
         let hash = hash_key(self.shared.seed, key);
-        let exists = match self.pending_of(hash, key) {
+        let pending = self.pending_of(hash, key);
+        let committed = self.committed_version(pending, key)?;
+        let exists = match pending {
             Some(p) => self.shared.header(&self.map, p.off, "own record")?.kind == KIND_PUT,
-            None => self
-                .committed_version(hash, key)?
-                .is_some_and(|(_, live)| live),
+            None => committed.is_some_and(|(_, live)| live),
         };
         if !exists {
             return Ok(false);
         }
-        let prev = self.committed_version(hash, key)?.map_or(0, |(off, _)| off);
+        let prev = committed.map_or(0, |(off, _)| off);
         self.append(KIND_DELETE, hash, prev, key, &[])?;
         Ok(true)
     }
 
     /// The newest committed record of `key` (offset, and whether it is a
-    /// value rather than a delete). A record this transaction wrote names it
-    /// as `prev`, which saves a probe.
-    fn committed_version(&self, hash: u64, key: &[u8]) -> Result<Option<(u64, bool)>> {
-        let off = match self.pending_of(hash, key) {
+    /// value rather than a delete). A record this transaction already wrote
+    /// for the key (`pending`) names it as `prev`, which saves a probe.
+    fn committed_version(
+        &self,
+        pending: Option<Pending>,
+        key: &[u8],
+    ) -> Result<Option<(u64, bool)>> {
+        let off = match pending {
             Some(p) => self.shared.header(&self.map, p.off, "own record")?.prev,
             None => match self
                 .shared
