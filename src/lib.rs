@@ -83,6 +83,7 @@ mod storage;
 mod store;
 #[allow(unsafe_code)]
 mod sys;
+pub mod torture;
 mod txn;
 mod verify;
 
