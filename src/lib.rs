@@ -71,6 +71,7 @@
 pub mod check;
 mod engine;
 mod error;
+pub mod faults;
 mod format;
 mod index;
 mod live;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::engine::Shared;
 use crate::error::{Error, Result};
+use crate::faults::Faults;
 use crate::sim::SimDisk;
 use crate::storage::file::FileBackend;
 use crate::Store;
@@ -40,6 +41,7 @@ pub struct Options {
     pub(crate) read_only: bool,
     pub(crate) create: bool,
     pub(crate) durability: Durability,
+    pub(crate) faults: Faults,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Options {
             read_only: false,
             create: true,
             durability: Durability::Immediate,
+            faults: Faults::new(),
         }
     }
 
@@ -79,6 +82,13 @@ impl Options {
         self
     }
 
+    /// Failures to inject into the file backend (see [`crate::faults`]):
+    /// for testing what the store does when the system says no.
+    pub fn faults(mut self, faults: Faults) -> Options {
+        self.faults = faults;
+        self
+    }
+
     /// Opens (or creates) the store at `path`.
     ///
     /// # Errors
@@ -99,7 +109,12 @@ impl Options {
                 op: "open the file".into(),
                 source,
             })?;
-        let backend = FileBackend::new(file, path.to_path_buf(), !self.read_only);
+        let backend = FileBackend::new(
+            file,
+            path.to_path_buf(),
+            !self.read_only,
+            self.faults.clone(),
+        );
         Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
     }
 

@@ -8,20 +8,23 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{Backend, LockId, LockMode, Mapping, Owner};
+use crate::faults::Faults;
 use crate::sys::{self, LockKind};
 
 pub(crate) struct FileBackend {
     file: File,
     path: PathBuf,
     writable: bool,
+    faults: Faults,
 }
 
 impl FileBackend {
-    pub(crate) fn new(file: File, path: PathBuf, writable: bool) -> FileBackend {
+    pub(crate) fn new(file: File, path: PathBuf, writable: bool, faults: Faults) -> FileBackend {
         FileBackend {
             file,
             path,
             writable,
+            faults,
         }
     }
 }
@@ -78,6 +81,7 @@ impl Backend for FileBackend {
         }
         // 1. Reserve the blocks: a full disk fails here, before anything
         //    changed, instead of as SIGBUS on a later write through the map.
+        self.faults.fallocate()?;
         match sys::fallocate_keep_size(&self.file, old_len, new_len - old_len) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
@@ -96,6 +100,7 @@ impl Backend for FileBackend {
         }
         // 3. The exact length, then make data and length durable before any
         //    meta page or log record can name the new space.
+        self.faults.ftruncate()?;
         self.file.set_len(new_len)?;
         self.file.sync_data()?;
         // 4. `write` filled the page cache with large folios; dirtying one
@@ -107,6 +112,7 @@ impl Backend for FileBackend {
     }
 
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
+        self.faults.msync()?;
         map.msync(off, len)
     }
 
