@@ -462,7 +462,11 @@ impl<'s> WriteTxn<'s> {
         // 4. Index: point each key at its new record (atomic stores).
         let mut map = self.map.clone();
         if let Err(e) = self.shared.apply(&mut map, &mut st, &finals) {
+            // Only a damaged index gets here. The commit is in the log and
+            // may be durable: it must not be cleaned up like an abort (the
+            // next writer replays it from the log).
             self.w.poisoned = true;
+            self.finish();
             return Err(e);
         }
         // 5. Publish: readers that begin from now on see the commit.
