@@ -17,9 +17,9 @@ use crate::storage::Mapping;
 ///
 /// Reads take no lock and make no system call; [`get`](Self::get) returns a
 /// slice of the mapped file itself (no copy, no allocation), valid while the
-/// transaction lives. Commits made after [`Store::begin_read`]
-/// (crate::Store::begin_read) — by this process or any other — are not
-/// visible; begin a new `ReadTxn` to see them.
+/// transaction lives. Commits made after
+/// [`Store::begin_read`](crate::Store::begin_read) — by this process or
+/// any other — are not visible; begin a new `ReadTxn` to see them.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -159,9 +159,9 @@ struct Pending {
 /// The one write transaction of the store (across threads and processes).
 ///
 /// Puts and deletes go straight into the log, beyond the committed tail,
-/// where no reader looks; [`get`](Self::get) sees them. [`commit`]
-/// (Self::commit) makes them visible to everyone at once; dropping the
-/// transaction without committing discards them.
+/// where no reader looks; [`get`](Self::get) sees them.
+/// [`commit`](Self::commit) makes them visible to everyone at once;
+/// dropping the transaction without committing discards them.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
