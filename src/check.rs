@@ -483,3 +483,33 @@ pub fn open_file(bytes: &[u8]) -> Option<Error> {
     let _ = store.delete(b"fuzz");
     None
 }
+
+/// A real store built by `ops`, then damaged: each `(offset, xor)` flips
+/// bits at `offset % len`, and `truncate` cuts the file to
+/// `truncate % len` bytes. Then as [`open_file`]. This reaches what raw
+/// bytes rarely do: recovery, `verify` and probing over a store that is
+/// almost right.
+pub fn damaged_store(
+    ops: &[Op],
+    hash_seed: u64,
+    flips: &[(u32, u8)],
+    truncate: Option<u32>,
+) -> Option<Error> {
+    let disk = SimDisk::new(1 << 30);
+    disk.set_hash_seed(hash_seed);
+    let mut history = History::new();
+    // Build it; a run that fails here is a bug the other targets report.
+    drive(ops, &disk, &mut history, false, |_, _, _| {}).ok()?;
+    let mut image = disk.crash_point().live;
+    let len = image.len();
+    if len == 0 {
+        return open_file(&image); // no operation created the store
+    }
+    for &(off, xor) in flips {
+        image[off as usize % len] ^= xor;
+    }
+    if let Some(t) = truncate {
+        image.truncate(t as usize % len);
+    }
+    open_file(&image)
+}

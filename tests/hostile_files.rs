@@ -89,3 +89,27 @@ fn random_bytes_never_open() {
         assert!(open_file(&bytes).is_some(), "{len} random bytes opened");
     }
 }
+
+#[test]
+fn damaged_real_stores_open_or_fail_cleanly() {
+    use mapkv::check::damaged_store;
+    let mut rng = common::rng(31);
+    let mut opened = 0;
+    for round in 0..150 {
+        let ops = common::random_ops(&mut rng, 30, round % 10 == 0, true);
+        let flips: Vec<(u32, u8)> = (0..rng.gen_range(1..6))
+            .map(|_| {
+                // Mostly where the structure is: meta, log start, first table.
+                let base = [0u32, 4096, 65536, 65536 + (1 << 20)][rng.gen_range(0..4)];
+                (base + rng.gen_range(0..4096), 1 << rng.gen_range(0..8))
+            })
+            .collect();
+        let truncate = rng.gen_bool(0.1).then(|| rng.gen());
+        if damaged_store(&ops, round, &flips, truncate).is_none() {
+            opened += 1;
+        }
+    }
+    assert!(opened > 0);
+    // Found by the open_file fuzzer: no operations, so no file at all.
+    assert!(damaged_store(&[], 0, &[(5, 1)], Some(3)).is_some());
+}
