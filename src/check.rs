@@ -161,6 +161,13 @@ impl History {
     }
 }
 
+/// An empty simulated disk whose stores hash keys with `hash_seed`.
+fn fresh_disk(hash_seed: u64) -> SimDisk {
+    let disk = SimDisk::new(1 << 30);
+    disk.set_hash_seed(hash_seed);
+    disk
+}
+
 /// Runs `ops` against a store and the model. With `disk`, the store lives
 /// on that simulated disk; otherwise on a fresh simulated disk.
 /// `on_boundary` is called after each operation that leaves no write
@@ -324,8 +331,7 @@ fn drive_session(
 /// result and the whole visible state after every step, then reopens and
 /// checks the final state once more.
 pub fn run_ops(ops: &[Op], hash_seed: u64) -> Result<(), String> {
-    let disk = SimDisk::new(1 << 30);
-    disk.set_hash_seed(hash_seed);
+    let disk = fresh_disk(hash_seed);
     let mut history = History::new();
     drive(ops, &disk, &mut history, true, |_, _, _| {})?;
     let store = Options::new()
@@ -376,8 +382,7 @@ pub fn power_loss(
     cut: Cut,
     land: impl FnMut(u64) -> bool,
 ) -> Result<CutReport, String> {
-    let disk = SimDisk::new(1 << 30);
-    disk.set_hash_seed(hash_seed);
+    let disk = fresh_disk(hash_seed);
     let mut history = History::new();
     if let Cut::AtFlush(n) = cut {
         disk.cut_at_flush(n);
@@ -450,8 +455,7 @@ fn check_recovered(image: &[u8], history: &History, min_seq: u64) -> Result<u64,
 /// Total flushes `ops` cause on a fresh simulated disk (for enumerating
 /// every [`Cut::AtFlush`]).
 pub fn count_flushes(ops: &[Op], hash_seed: u64) -> Result<u64, String> {
-    let disk = SimDisk::new(1 << 30);
-    disk.set_hash_seed(hash_seed);
+    let disk = fresh_disk(hash_seed);
     let mut history = History::new();
     drive(ops, &disk, &mut history, false, |_, _, _| {})?;
     Ok(disk.flush_count())
@@ -495,8 +499,7 @@ pub fn damaged_store(
     flips: &[(u32, u8)],
     truncate: Option<u32>,
 ) -> Option<Error> {
-    let disk = SimDisk::new(1 << 30);
-    disk.set_hash_seed(hash_seed);
+    let disk = fresh_disk(hash_seed);
     let mut history = History::new();
     // Build it; a run that fails here is a bug the other targets report.
     drive(ops, &disk, &mut history, false, |_, _, _| {}).ok()?;

@@ -5,6 +5,7 @@
 //! The commit protocol and the crash analysis for every step are in
 //! `docs/DESIGN.md`; comments here name the step they implement.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -1050,7 +1051,7 @@ pub(crate) struct SnapshotRecords<'a> {
     pub base: &'a Mapping,
 }
 
-impl SnapshotRecords<'_> {
+impl<'a> SnapshotRecords<'a> {
     fn newer(&self, end: u64) -> Option<Arc<Mapping>> {
         let m = self.shared.map.load_full();
         if m.len() >= end {
@@ -1058,6 +1059,17 @@ impl SnapshotRecords<'_> {
         }
         let len = self.shared.backend.file_len().ok()?;
         self.shared.map_covering(len.max(end)).ok()
+    }
+
+    /// `rec`'s key: borrowed from the snapshot's mapping when it lies
+    /// there (the common case, no allocation), else copied from the newer
+    /// mapping. `None` if the file cannot be mapped that far.
+    pub(crate) fn key(&self, rec: &Record) -> Option<Cow<'a, [u8]>> {
+        let end = rec.key_off() + rec.key_len as u64;
+        if end <= self.base.len() {
+            return Some(Cow::Borrowed(rec.key(self.base)));
+        }
+        self.newer(end).map(|m| Cow::Owned(rec.key(&m).to_vec()))
     }
 }
 
@@ -1075,14 +1087,7 @@ impl Records for SnapshotRecords<'_> {
     }
 
     fn key_is(&self, rec: &Record, key: &[u8]) -> bool {
-        if rec.key_len != key.len() {
-            return false;
-        }
-        if rec.key_off() + key.len() as u64 <= self.base.len() {
-            return rec.key(self.base) == key;
-        }
-        self.newer(rec.key_off() + key.len() as u64)
-            .is_some_and(|m| rec.key(&m) == key)
+        rec.key_len == key.len() && self.key(rec).is_some_and(|k| *k == *key)
     }
 }
 

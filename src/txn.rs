@@ -102,14 +102,13 @@ impl<'s> ReadTxn<'s> {
             self.shared
                 .corrupted(head_off, format!("index slot target: {e}"))
         })?;
-        // The key, copied: the head may lie past this snapshot's mapping.
-        let key_end = head.key_off() + head.key_len as u64;
-        let key = if key_end <= map.len() {
-            head.key(map).to_vec()
-        } else {
-            let newer = self.shared.map_covering(key_end)?;
-            head.key(&newer).to_vec()
-        };
+        // The head may lie past this snapshot's mapping (the file grew).
+        let key = recs.key(&head).ok_or_else(|| {
+            self.shared.corrupted(
+                head.off,
+                "record lies past the mapping and remapping failed",
+            )
+        })?;
         Ok(self
             .shared
             .resolve(&recs, map, head, self.st.seq, &key)?
@@ -145,6 +144,11 @@ impl<'t> Iterator for Iter<'t> {
         }
         None
     }
+}
+
+/// Whether the transaction's own record at `off` is for `key`.
+fn record_key_is(map: &Mapping, off: u64, key: &[u8]) -> bool {
+    log::read_header(map, off, map.len()).is_ok_and(|r| r.key(map) == key)
 }
 
 /// A key written by the transaction: its newest record so far, and the
@@ -236,9 +240,7 @@ impl<'s> WriteTxn<'s> {
     fn pending_of(&self, hash: u64, key: &[u8]) -> Option<Pending> {
         let map = &*self.map;
         self.pending
-            .find(hash, |p| {
-                log::read_header(map, p.off, map.len()).is_ok_and(|r| r.key(map) == key)
-            })
+            .find(hash, |p| record_key_is(map, p.off, key))
             .copied()
     }
 
@@ -322,11 +324,9 @@ impl<'s> WriteTxn<'s> {
         log::write_record(&self.map, pos, &h, key, value);
         self.wrote(pos, size, h.crc.get());
         let map = &*self.map;
-        let entry = self.pending.entry(
-            hash,
-            |p| log::read_header(map, p.off, map.len()).is_ok_and(|r| r.key(map) == key),
-            |p| p.hash,
-        );
+        let entry = self
+            .pending
+            .entry(hash, |p| record_key_is(map, p.off, key), |p| p.hash);
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().off = pos,
             hashbrown::hash_table::Entry::Vacant(v) => {
