@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -19,6 +20,7 @@ use crate::index::{BadSlot, Probe, Records, Table};
 use crate::live::{self, State};
 use crate::log::{self, Cursor, ExtentRules, Record, ScannedCommit};
 use crate::options::{Durability, Options};
+use crate::readers::{self, RegisterError, Registry, Slot};
 use crate::storage::{Backend, LockId, LockMode, Mapping};
 use bytemuck::Zeroable;
 
@@ -41,8 +43,15 @@ pub(crate) struct Shared {
     pub seed: u64,
     pub durability: Durability,
     /// A read-only handle that found no live header: the snapshot it shows
-    /// is the clean checkpoint in the meta page, fixed for its lifetime.
+    /// is the clean checkpoint in the meta page, until a writer sets up a
+    /// live header (`try_join`).
     offline: Option<State>,
+    /// The live header's incarnation when this handle opened offline.
+    offline_incarnation: u64,
+    /// The live header is trusted (this handle holds `Live`).
+    joined: AtomicBool,
+    /// This handle's chunks of the reader table.
+    pub registry: Registry,
     pub writer: Mutex<Writer>,
 }
 
@@ -324,6 +333,9 @@ impl Shared {
             seed: meta.hash_seed.get(),
             durability: opts.durability,
             offline: None,
+            offline_incarnation: 0,
+            joined: AtomicBool::new(false),
+            registry: Registry::new(),
             writer: Mutex::new(Writer {
                 state: from_meta,
                 unsynced: Vec::new(),
@@ -355,15 +367,23 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .state = state;
             shared.lock(LockId::Live, LockMode::Shared, true)?;
+            shared.joined = AtomicBool::new(true);
             if locked_writer {
                 shared.lock(LockId::Writer, LockMode::Unlock, true)?;
             }
         } else if live_state.is_some() {
             shared.lock(LockId::Live, LockMode::Shared, true)?;
+            shared.joined = AtomicBool::new(true);
         } else if meta.is_clean() {
             shared.offline = Some(from_meta);
+            shared.offline_incarnation = live::incarnation(&shared.map.load());
         } else {
             return Err(Error::NeedsRecovery { path });
+        }
+        // A handle whose snapshots cannot be registered says so with the
+        // pin lock, for as long as it lives (docs/DESIGN.md, "Readers").
+        if shared.offline.is_some() || !shared.backend.shared_writable() {
+            shared.lock(LockId::Pin, LockMode::Shared, true)?;
         }
         Ok(shared)
     }
@@ -399,17 +419,120 @@ impl Shared {
         Ok(m)
     }
 
-    /// The newest committed state and a mapping that covers it: what a new
-    /// read transaction sees.
+    /// The newest committed state: from the live header, or for a handle
+    /// that opened with none, the checkpoint it opened — until a writer
+    /// sets up a live header, which it then joins.
+    pub(crate) fn current(&self) -> Result<State> {
+        if !self.joined.load(Ordering::Acquire) && !self.try_join()? {
+            if let Some(st) = self.offline {
+                return Ok(st);
+            }
+        }
+        live::read(&self.map.load())
+            .ok_or_else(|| self.corrupted(LIVE_OFFSET, "live header never settles"))
+    }
+
+    /// An offline handle joins the live header once a writer (in any
+    /// process) has set one up since this handle opened: the header's
+    /// incarnation changed. One atomic load when nothing changed.
+    fn try_join(&self) -> Result<bool> {
+        if live::incarnation(&self.map.load()) == self.offline_incarnation {
+            return Ok(false);
+        }
+        let _g = self.remap.lock().unwrap_or_else(|e| e.into_inner());
+        if self.joined.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        // Holding `Live` vouches for the header from now on; it was set up
+        // by a writer that recovered the store, in this boot.
+        self.lock(LockId::Live, LockMode::Shared, true)?;
+        if live::read(&self.map.load()).is_none() {
+            self.lock(LockId::Live, LockMode::Unlock, true)?;
+            return Ok(false);
+        }
+        self.joined.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// The newest committed state and a mapping that covers it.
     pub(crate) fn snapshot(&self) -> Result<(State, Arc<Mapping>)> {
-        let st = match self.offline {
-            Some(st) => st,
-            None => live::read(&self.map.load())
-                .ok_or_else(|| self.corrupted(LIVE_OFFSET, "live header never settles"))?,
-        };
+        let st = self.current()?;
         let map = self.map_covering(st.file_len)?;
         st.validate(&self.path, LIVE_OFFSET, "live header")?;
         Ok((st, map))
+    }
+
+    /// What a new read transaction sees: like [`snapshot`](Self::snapshot),
+    /// registered in the reader table when this handle can register
+    /// (`readers` module docs: register, then re-read the state).
+    pub(crate) fn begin_snapshot(&self) -> Result<(State, Arc<Mapping>, Option<Slot>)> {
+        if !self.joined.load(Ordering::Acquire) || !self.backend.shared_writable() {
+            let (st, map) = self.snapshot()?;
+            return Ok((st, map, None));
+        }
+        let head = self.map.load_full();
+        let slot = self
+            .registry
+            .acquire(&*self.backend, &head)
+            .map_err(|e| match e {
+                RegisterError::Full => Error::TooManyReaders {
+                    path: self.path.clone(),
+                    max: readers::CHUNKS,
+                },
+                RegisterError::Io(e) => self.io("claim a reader-table chunk", e),
+            })?;
+        let registered = (|| loop {
+            let st = self.current()?;
+            self.registry.set(&head, &slot, st.seq);
+            let again = self.current()?;
+            if again.seq == st.seq {
+                let map = self.map_covering(again.file_len)?;
+                again.validate(&self.path, LIVE_OFFSET, "live header")?;
+                return Ok((again, map));
+            }
+        })();
+        match registered {
+            Ok((st, map)) => Ok((st, map, Some(slot))),
+            Err(e) => {
+                self.registry.release(&head, slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a registered snapshot.
+    pub(crate) fn end_snapshot(&self, slot: Slot) {
+        self.registry.release(&self.map.load(), slot);
+    }
+
+    /// Looks at the reader table (clearing chunks of dead processes).
+    pub(crate) fn scan_readers(&self) -> readers::Scan {
+        readers::scan(&*self.backend, &self.map.load(), &self.registry)
+    }
+
+    /// Whether a handle that cannot register its snapshots is open (this
+    /// one or another): the `Pin` lock.
+    pub(crate) fn pinned(&self) -> bool {
+        self.offline.is_some()
+            || !self.backend.shared_writable()
+            || self.backend.held_by_others(LockId::Pin).unwrap_or(true)
+    }
+
+    /// Whether this handle's waiters can be counted in the live header (so
+    /// a publish wakes them): it trusts the header and can write it.
+    pub(crate) fn counts_waiters(&self) -> bool {
+        self.joined.load(Ordering::Acquire) && self.backend.shared_writable()
+    }
+
+    /// The oldest seq whose later changes the log still holds: this
+    /// version never reclaims log space, so every commit since the first.
+    pub(crate) fn oldest_history(&self) -> u64 {
+        0
+    }
+
+    /// The current mapping (any mapping covers the fixed pages).
+    pub(crate) fn head_map(&self) -> Arc<Mapping> {
+        self.map.load_full()
     }
 
     pub(crate) fn bad_slot(&self, b: BadSlot) -> Error {
@@ -993,6 +1116,7 @@ impl Shared {
     /// nor scans the index. A store still clean (nothing was written since
     /// the last clean checkpoint) is left alone.
     pub(crate) fn close(&self) -> Result<()> {
+        self.registry.close(&*self.backend, &self.map.load());
         if !self.writable() || self.offline.is_some() {
             return Ok(());
         }

@@ -90,6 +90,26 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// The reader table is full: this many handles (in all processes)
+    /// already registered snapshots, so a new one cannot be protected from
+    /// space reuse. Close handles, or end snapshots of this one.
+    TooManyReaders {
+        /// The file.
+        path: PathBuf,
+        /// Handles that can register at once.
+        max: u32,
+    },
+    /// [`ReadTxn::changes_since`](crate::ReadTxn::changes_since) was asked
+    /// for commits whose log records were already reclaimed.
+    HistoryReclaimed {
+        /// The file.
+        path: PathBuf,
+        /// The seq asked for (changes after it).
+        requested: u64,
+        /// The oldest seq whose changes can still be listed (changes after
+        /// it are available).
+        oldest: u64,
+    },
     /// An operation this version does not support yet.
     Unsupported {
         /// What was asked for.
@@ -147,6 +167,20 @@ impl fmt::Display for Error {
             Error::StoreFull { path } => {
                 write!(f, "{}: store is full (the 8 TiB file limit)", path.display())
             }
+            Error::TooManyReaders { path, max } => write!(
+                f,
+                "{}: the reader table is full ({max} handles already hold snapshots)",
+                path.display()
+            ),
+            Error::HistoryReclaimed {
+                path,
+                requested,
+                oldest,
+            } => write!(
+                f,
+                "{}: changes after commit {requested} were reclaimed; the oldest available start is {oldest}",
+                path.display()
+            ),
             Error::Unsupported { what } => write!(f, "{what} is not supported yet"),
         }
     }

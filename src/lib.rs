@@ -68,6 +68,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+mod changes;
 pub mod check;
 mod engine;
 mod error;
@@ -77,6 +78,7 @@ mod index;
 mod live;
 mod log;
 mod options;
+mod readers;
 #[allow(unsafe_code)]
 pub mod sim;
 #[allow(unsafe_code)]
@@ -88,9 +90,11 @@ pub mod torture;
 mod txn;
 mod verify;
 
+pub use changes::Changes;
 pub use error::{Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use options::{Durability, Options};
+pub use readers::SnapshotInfo;
 pub use store::{CompactReport, Store};
 pub use txn::{Iter, ReadTxn, WriteTxn};
 pub use verify::{Problem, Stats, VerifyReport};

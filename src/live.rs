@@ -16,6 +16,15 @@ use crate::storage::Mapping;
 const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"MKVLIVE1");
 const OFF_MAGIC: u64 = LIVE_OFFSET;
 const OFF_CURRENT: u64 = LIVE_OFFSET + 8;
+/// Bumped after every publish; waiters sleep on it (a futex on its low 32
+/// bits). Native-endian, meaningful only while processes share the file.
+const OFF_NOTIFY: u64 = LIVE_OFFSET + 16;
+/// How many waiters may be asleep on `OFF_NOTIFY`: a publish makes the
+/// wake system call only when this is not zero.
+const OFF_WAITERS: u64 = LIVE_OFFSET + 24;
+/// Bumped by every `init`: a handle that opened with no live header learns
+/// from a change here that a writer has since set one up.
+const OFF_INCARNATION: u64 = LIVE_OFFSET + 32;
 const SLOT_BASE: u64 = LIVE_OFFSET + 64;
 const SLOT_WORDS: u64 = 16;
 /// A slot generation that no published state has: "being written".
@@ -101,6 +110,77 @@ pub(crate) fn init(map: &Mapping, state: &State) {
     }
     map.store(OFF_CURRENT, 1, Ordering::Release);
     map.store(OFF_MAGIC, LIVE_MAGIC, Ordering::Release);
+    // Waiters counted before this init belong to processes that are gone
+    // (no handle held the live header).
+    map.counter(OFF_WAITERS).store(0, Ordering::SeqCst);
+    map.counter(OFF_INCARNATION).fetch_add(1, Ordering::SeqCst);
+    notify(map);
+}
+
+/// The incarnation of the live header: changes whenever a writer sets up a
+/// fresh one (after recovery).
+pub(crate) fn incarnation(map: &Mapping) -> u64 {
+    map.counter(OFF_INCARNATION).load(Ordering::SeqCst)
+}
+
+/// Wakes everyone waiting for a commit (they re-check the state).
+fn notify(map: &Mapping) {
+    map.counter(OFF_NOTIFY).fetch_add(1, Ordering::SeqCst);
+    // Dekker with `Waiter`: a waiter counts itself, then reads the notify
+    // counter and the state; we bumped the counter after publishing, then
+    // read the waiter count. Both sides are SeqCst, so either we see the
+    // waiter (and wake it) or it sees the new state (and does not sleep).
+    if map.counter(OFF_WAITERS).load(Ordering::SeqCst) != 0 {
+        map.wake(OFF_NOTIFY);
+    }
+}
+
+/// A waiter for the next publish, in any process. Counted in the live
+/// header while it lives (when `counted`: the handle can write the file),
+/// so that publishes know to wake it.
+pub(crate) struct Waiter<'m> {
+    map: &'m Mapping,
+    counted: bool,
+}
+
+impl<'m> Waiter<'m> {
+    pub(crate) fn new(map: &'m Mapping, counted: bool) -> Waiter<'m> {
+        if counted {
+            map.counter(OFF_WAITERS).fetch_add(1, Ordering::SeqCst);
+        }
+        Waiter { map, counted }
+    }
+
+    /// The notify counter, to read *before* checking the state.
+    pub(crate) fn ticket(&self) -> u32 {
+        self.map.counter(OFF_NOTIFY).load(Ordering::SeqCst) as u32
+    }
+
+    /// Sleeps until a publish after `ticket` was taken (or `timeout`, or
+    /// spuriously). An uncounted waiter is never woken by a publish, so it
+    /// sleeps in short slices and the caller re-checks.
+    pub(crate) fn sleep(&self, ticket: u32, timeout: Option<std::time::Duration>) {
+        let timeout = if self.counted {
+            timeout
+        } else {
+            Some(timeout.map_or(UNCOUNTED_SLICE, |t| t.min(UNCOUNTED_SLICE)))
+        };
+        self.map.wait(OFF_NOTIFY, ticket, timeout);
+    }
+}
+
+/// How often a waiter that cannot count itself (its handle cannot write
+/// the file) looks again.
+const UNCOUNTED_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            // Saturating: `init` may have reset the count under us.
+            let c = self.map.counter(OFF_WAITERS);
+            let _ = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        }
+    }
 }
 
 fn write_slot(map: &Mapping, gen: u64, state: &State) {
@@ -118,6 +198,7 @@ pub(crate) fn publish(map: &Mapping, state: &State) {
     let next = map.load(OFF_CURRENT, Ordering::Relaxed).wrapping_add(1);
     write_slot(map, next, state);
     map.store(OFF_CURRENT, next, Ordering::Release);
+    notify(map);
 }
 
 /// The newest published state, or `None` if no live header was ever

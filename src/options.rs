@@ -98,21 +98,34 @@ impl Options {
     /// whose last writer crashed and that nobody has opened read-write since.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!self.read_only)
-            .create(self.create && !self.read_only)
-            .truncate(false)
-            .open(path)
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                op: "open the file".into(),
-                source,
-            })?;
+        let open = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .create(write && self.create && !self.read_only)
+                .truncate(false)
+                .open(path)
+        };
+        // A read-only handle still writes the reader table (its snapshots
+        // must be visible to writers in other processes), so it asks for a
+        // writable descriptor first; a file it may not write (permissions,
+        // a read-only mount) is opened for reading and its snapshots are
+        // protected by the `Pin` lock instead (docs/DESIGN.md, "Readers").
+        let (file, fd_writable) = match open(true) {
+            Ok(f) => (Ok(f), true),
+            Err(e) if self.read_only && may_not_write(&e) => (open(false), false),
+            Err(e) => (Err(e), true),
+        };
+        let file = file.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            op: "open the file".into(),
+            source,
+        })?;
         let backend = FileBackend::new(
             file,
             path.to_path_buf(),
             !self.read_only,
+            fd_writable,
             self.faults.clone(),
         );
         Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
@@ -131,4 +144,13 @@ impl Options {
         }
         Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
     }
+}
+
+/// Whether opening for writing failed only because this process may not
+/// write the file (so opening it for reading may still work).
+fn may_not_write(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) | Some(libc::ETXTBSY)
+    )
 }

@@ -284,6 +284,10 @@ impl Backend for SimHandle {
         self.writable
     }
 
+    fn shared_writable(&self) -> bool {
+        true
+    }
+
     fn file_len(&self) -> io::Result<u64> {
         Ok(self.shared.state().len)
     }
@@ -294,14 +298,7 @@ impl Backend for SimHandle {
         // SAFETY: the buffer is `capacity` bytes of AtomicU64 (8-aligned),
         // never moved or freed while `owner` (an Arc of it) lives, and
         // `len <= capacity`.
-        Ok(unsafe {
-            Mapping::new(
-                self.shared.base(),
-                len,
-                self.writable,
-                Owner::Sim { _keep: owner },
-            )
-        })
+        Ok(unsafe { Mapping::new(self.shared.base(), len, true, Owner::Sim { _keep: owner }) })
     }
 
     fn grow(&self, new_len: u64) -> io::Result<()> {
@@ -339,9 +336,16 @@ impl Backend for SimHandle {
             .min(st.len)
             .min(map.len());
         if start < end {
-            let mut tmp = vec![0u8; (end - start) as usize];
-            map.copy_out(start, &mut tmp);
-            st.durable[start as usize..end as usize].copy_from_slice(&tmp);
+            // Word by word, atomically, from the buffer behind the map:
+            // readers in other threads may be writing reader-table words
+            // of the same pages.
+            let words = &self.shared.buf[(start / 8) as usize..end.div_ceil(8) as usize];
+            let mut tmp = Vec::with_capacity(words.len() * 8);
+            for w in words {
+                tmp.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+            }
+            st.durable[start as usize..end as usize]
+                .copy_from_slice(&tmp[..(end - start) as usize]);
         }
         Ok(())
     }

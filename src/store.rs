@@ -2,11 +2,13 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::Shared;
 use crate::error::{Error, Result};
+use crate::live;
 use crate::options::Options;
+use crate::readers::SnapshotInfo;
 use crate::txn::{ReadTxn, WriteTxn};
 use crate::verify::{self, Stats, VerifyReport};
 
@@ -145,10 +147,92 @@ impl Store {
         Err(Error::Unsupported { what: "compaction" })
     }
 
-    /// Counters describing the newest commit: keys, bytes, index load.
+    /// Counters describing the newest commit (keys, bytes, index load) and
+    /// the snapshots open in every process. Looking at the reader table
+    /// clears the entries of processes that died.
     pub fn stats(&self) -> Result<Stats> {
         let (st, _) = self.shared.snapshot()?;
-        Ok(verify::stats(&st))
+        let mut stats = verify::stats(&st);
+        let scan = self.shared.scan_readers();
+        stats.open_snapshots = scan.snapshots.len() as u64;
+        stats.oldest_snapshot = scan.snapshots.iter().map(|s| s.seq).min();
+        stats.unregistered_readers = self.shared.pinned();
+        Ok(stats)
+    }
+
+    /// The snapshots open in every process, from the reader table (like
+    /// `mdb_reader_list`). Entries of processes that died are skipped, and
+    /// cleared when this handle can write the file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"k", b"v")?;
+    /// let snap = store.begin_read()?;
+    /// let readers = store.readers()?;
+    /// assert_eq!(readers.len(), 1);
+    /// assert_eq!(readers[0].seq, snap.seq());
+    /// assert_eq!(readers[0].pid, std::process::id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn readers(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(self.shared.scan_readers().snapshots)
+    }
+
+    /// Clears the reader-table entries of processes that died (like
+    /// `mdb_stat -rr`); returns how many handles' entries were cleared.
+    /// Every look at the table does this too; this is for a tool to report
+    /// it.
+    pub fn clear_stale_readers(&self) -> Result<u32> {
+        Ok(self.shared.scan_readers().cleared)
+    }
+
+    /// Waits until a commit newer than `after_seq` exists — made by any
+    /// handle in any process — and returns the newest seq. Returns at once
+    /// if there is one already. With a `timeout`, returns the current seq
+    /// (`<= after_seq`) when it passes first: compare the result with
+    /// `after_seq`.
+    ///
+    /// The wait sleeps on a futex in the shared mapping; a commit wakes it.
+    /// (A handle that could not open the file for writing cannot ask to be
+    /// woken: it looks again every 10 ms.)
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// let seen = store.begin_read()?.seq();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| store.put(b"k", b"v"));
+    ///     let newer = store.wait_for_commit(seen, None)?;
+    ///     assert!(newer > seen);
+    ///     Ok::<(), mapkv::Error>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Corrupted` if the shared header is damaged.
+    pub fn wait_for_commit(&self, after_seq: u64, timeout: Option<Duration>) -> Result<u64> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let map = self.shared.head_map();
+        let waiter = live::Waiter::new(&map, self.shared.counts_waiters());
+        loop {
+            // The ticket first: a publish after this line changes it, so
+            // the sleep below returns at once instead of missing it.
+            let ticket = waiter.ticket();
+            let seq = self.shared.current()?.seq;
+            if seq > after_seq {
+                return Ok(seq);
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(seq),
+                },
+            };
+            waiter.sleep(ticket, left);
+        }
     }
 
     /// Checks the whole store against one snapshot: every record's
@@ -168,8 +252,8 @@ impl Store {
     /// # Errors
     /// Only for failures to read at all (`Io`); damage is in the report.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let (st, map) = self.shared.snapshot()?;
-        Ok(verify::verify(&self.shared, &map, &st))
+        let snap = self.begin_read()?;
+        Ok(verify::verify(&self.shared, &snap.map, &snap.st))
     }
 
     /// Closes the store, reporting errors that dropping it would ignore.

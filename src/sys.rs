@@ -1,5 +1,5 @@
 //! The few system calls that have no safe wrapper in the crates we use:
-//! open-file-description (OFD) byte-range locks and `fallocate`.
+//! open-file-description (OFD) byte-range locks, `fallocate` and `futex`.
 //!
 //! OFD locks belong to the open file description, not the process: two
 //! `Store`s on one file in one process exclude each other, and closing some
@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 /// Lock bytes live far beyond any real data; they need not exist in the file.
 const LOCK_BASE: i64 = 1 << 62;
@@ -116,6 +117,60 @@ pub(crate) fn drop_cached(file: &File, off: u64, len: u64) {
             off as libc::off_t,
             len as libc::off_t,
             libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+/// Sleeps while the 32-bit word at `addr` holds `expected`, until woken
+/// by [`futex_wake`] on the same word (from any process that maps the same
+/// file page), `timeout` passes, or a signal arrives. Returns at once if the
+/// word differs. Spurious returns are possible: callers re-check.
+///
+/// # Safety
+/// `addr` must be 4-byte aligned and point into memory that stays mapped
+/// for the duration of the call. The kernel only reads it.
+pub(crate) unsafe fn futex_wait(addr: *const u32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: the caller guarantees `addr` is aligned and mapped; `ts_ptr`
+    // is null or points to a timespec that outlives the call. FUTEX_WAIT
+    // without FUTEX_PRIVATE_FLAG keys the wait on the file page, so a wake
+    // from another process mapping the same page reaches it. Errors
+    // (EAGAIN: the word changed; ETIMEDOUT; EINTR) all mean "re-check".
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            addr,
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wakes every waiter sleeping in [`futex_wait`] on the word at `addr`.
+///
+/// # Safety
+/// As for [`futex_wait`].
+pub(crate) unsafe fn futex_wake(addr: *const u32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE does not dereference memory
+    // beyond looking up the key of `addr`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            addr,
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
         );
     }
 }

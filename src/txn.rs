@@ -4,6 +4,7 @@ use std::sync::{Arc, MutexGuard};
 
 use hashbrown::HashTable;
 
+use crate::changes::Changes;
 use crate::engine::{check_key, check_value, Shared, SnapshotRecords, Writer};
 use crate::error::Result;
 use crate::format::*;
@@ -11,6 +12,7 @@ use crate::index::Records;
 use crate::live::{self, State};
 use crate::log::{self, Cursor};
 use crate::options::Durability;
+use crate::readers::Slot;
 use crate::storage::Mapping;
 
 /// A snapshot: one committed state of the store, for as long as it lives.
@@ -33,14 +35,30 @@ use crate::storage::Mapping;
 /// ```
 pub struct ReadTxn<'s> {
     shared: &'s Shared,
-    map: Arc<Mapping>,
-    st: State,
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) st: State,
+    /// Its entry in the reader table (none for a handle that cannot
+    /// register; it holds the pin lock instead).
+    slot: Option<Slot>,
+}
+
+impl Drop for ReadTxn<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.shared.end_snapshot(slot);
+        }
+    }
 }
 
 impl<'s> ReadTxn<'s> {
     pub(crate) fn new(shared: &'s Shared) -> Result<ReadTxn<'s>> {
-        let (st, map) = shared.snapshot()?;
-        Ok(ReadTxn { shared, map, st })
+        let (st, map, slot) = shared.begin_snapshot()?;
+        Ok(ReadTxn {
+            shared,
+            map,
+            st,
+            slot,
+        })
     }
 
     /// The value of `key` in this snapshot, borrowed from the mapped file.
@@ -72,6 +90,40 @@ impl<'s> ReadTxn<'s> {
     /// store before any commit).
     pub fn seq(&self) -> u64 {
         self.st.seq
+    }
+
+    /// What the commits after `seq`, up to this snapshot's, changed: one
+    /// `(seq, key, Some(value))` per key a commit put and `(seq, key, None)`
+    /// per key it deleted, commits in order, and within a commit each key
+    /// once (its final write) in the order it was first written. Borrowed
+    /// from the mapped file, like [`get`](Self::get). Empty when `seq` is
+    /// not older than this snapshot.
+    ///
+    /// Built for following a store: remember the last seq seen, wait with
+    /// [`Store::wait_for_commit`](crate::Store::wait_for_commit), then list
+    /// the changes since.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// let seen = store.begin_read()?.seq();
+    /// store.put(b"a", b"1")?;
+    /// store.delete(b"a")?;
+    /// let snap = store.begin_read()?;
+    /// let changes = snap.changes_since(seen)?.collect::<Result<Vec<_>, _>>()?;
+    /// assert_eq!(
+    ///     changes,
+    ///     vec![(seen + 1, &b"a"[..], Some(&b"1"[..])), (seen + 2, &b"a"[..], None)]
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `HistoryReclaimed` if the log no longer holds those commits;
+    /// `Corrupted` if a commit or record on the way fails its checks (the
+    /// iterator yields that error and stops).
+    pub fn changes_since(&self, seq: u64) -> Result<Changes<'_>> {
+        Changes::new(self.shared, &self.map, &self.st, seq)
     }
 
     /// Every key and value of the snapshot, in no particular order.

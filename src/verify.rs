@@ -35,6 +35,15 @@ pub struct Stats {
     pub index_used: u64,
     /// `index_used / index_slots`.
     pub index_load: f64,
+    /// Snapshots registered in the reader table, in every process (this
+    /// handle's included).
+    pub open_snapshots: u64,
+    /// The oldest of them (`None` when none is open).
+    pub oldest_snapshot: Option<u64>,
+    /// A handle that cannot register its snapshots (it could not open the
+    /// file for writing, or opened with no live writer) is open: while it
+    /// is, no space may be reused.
+    pub unregistered_readers: bool,
 }
 
 pub(crate) fn stats(st: &State) -> Stats {
@@ -54,6 +63,7 @@ pub(crate) fn stats(st: &State) -> Stats {
         index_slots: slots,
         index_used: st.index_used,
         index_load: st.index_used as f64 / slots as f64,
+        ..Stats::default()
     }
 }
 

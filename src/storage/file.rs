@@ -14,26 +14,42 @@ use crate::sys::{self, LockKind};
 pub(crate) struct FileBackend {
     file: File,
     path: PathBuf,
+    /// The handle may write data (a read-write open).
     writable: bool,
+    /// The descriptor is open for writing (a read-write open, or a
+    /// read-only one on a file this process may write): the mapping is
+    /// writable, for the reader table and wait counters.
+    fd_writable: bool,
     faults: Faults,
 }
 
 impl FileBackend {
-    pub(crate) fn new(file: File, path: PathBuf, writable: bool, faults: Faults) -> FileBackend {
+    pub(crate) fn new(
+        file: File,
+        path: PathBuf,
+        writable: bool,
+        fd_writable: bool,
+        faults: Faults,
+    ) -> FileBackend {
+        debug_assert!(fd_writable || !writable);
         FileBackend {
             file,
             path,
             writable,
+            fd_writable,
             faults,
         }
     }
 }
 
+/// Lock bytes (offsets from `sys::LOCK_BASE`). docs/FORMAT.md lists them.
 fn lock_byte(id: LockId) -> u64 {
     match id {
         LockId::Writer => 0,
         LockId::Open => 1,
         LockId::Live => 2,
+        LockId::Pin => 3,
+        LockId::Chunk(n) => 64 + n as u64,
     }
 }
 
@@ -50,6 +66,10 @@ impl Backend for FileBackend {
         self.writable
     }
 
+    fn shared_writable(&self) -> bool {
+        self.fd_writable
+    }
+
     fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
@@ -57,7 +77,7 @@ impl Backend for FileBackend {
     fn map(&self, len: u64) -> io::Result<Mapping> {
         let mut opts = memmap2::MmapOptions::new();
         opts.len(len as usize);
-        let raw = if self.writable {
+        let raw = if self.fd_writable {
             opts.map_raw(&self.file)?
         } else {
             opts.map_raw_read_only(&self.file)?
@@ -71,7 +91,7 @@ impl Backend for FileBackend {
         // moved into the Mapping's owner, so the memory lives as long as the
         // Mapping. The file is never truncated below `len` while open
         // (storage module docs), so no access within `len` can fault.
-        Ok(unsafe { Mapping::new(ptr, len, self.writable, Owner::Mmap(raw)) })
+        Ok(unsafe { Mapping::new(ptr, len, self.fd_writable, Owner::Mmap(raw)) })
     }
 
     fn grow(&self, new_len: u64) -> io::Result<()> {

@@ -61,6 +61,13 @@ pub(crate) enum LockId {
     /// Shared by every handle whose live header is valid; nobody holding it
     /// means the live header may be stale (left from before a reboot).
     Live,
+    /// Shared by every handle that reads without registering its snapshots
+    /// in the reader table (it cannot write the file, or opened with no
+    /// live header): while anyone holds it, no log space may be reused.
+    Pin,
+    /// Exclusive: the owner of chunk `n` of the reader table; held for as
+    /// long as the handle lives, so a chunk whose lock is free is dead.
+    Chunk(u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,10 +88,14 @@ pub(crate) enum LockMode {
 /// - `lock`: take, convert or release an advisory lock held by this handle;
 ///   `false` when `wait` is false and another handle holds a conflicting one.
 /// - `held_by_others`: whether another handle holds `id` in any mode.
+/// - `shared_writable`: whether this handle may write the shared words a
+///   reader writes (reader table, wait counters) — true unless the file
+///   could only be opened for reading.
 /// - `new_hash_seed`: the hash seed for a store being created.
 pub(crate) trait Backend: Send + Sync {
     fn path(&self) -> &Path;
     fn writable(&self) -> bool;
+    fn shared_writable(&self) -> bool;
     fn file_len(&self) -> io::Result<u64>;
     fn map(&self, len: u64) -> io::Result<Mapping>;
     fn grow(&self, new_len: u64) -> io::Result<()>;
@@ -194,6 +205,12 @@ impl Mapping {
         self.word(off).store(v.to_le(), order)
     }
 
+    /// A shared word used as a native-endian counter (the wait counters of
+    /// the live header): process-local meaning, never persisted as data.
+    pub(crate) fn counter(&self, off: u64) -> &AtomicU64 {
+        self.word(off)
+    }
+
     fn word(&self, off: u64) -> &AtomicU64 {
         match self.atomic(off) {
             Some(w) => w,
@@ -254,19 +271,34 @@ impl Mapping {
         }
     }
 
-    /// Copies `[off, off + len)` out with plain reads, for the simulator's
-    /// flush. Only the writer calls it, and only the writer writes, so the
-    /// copy never races a write.
-    pub(crate) fn copy_out(&self, off: u64, out: &mut [u8]) {
-        assert!(self.in_bounds(off, out.len() as u64));
-        // SAFETY: in bounds; the simulator calls this from the writer's
-        // flush, while no other thread writes (only the writer writes).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(off as usize),
-                out.as_mut_ptr(),
-                out.len(),
-            )
+    /// The address the kernel's futex word of the shared `u64` at `off`
+    /// has: its low 32 bits. Panics like [`load`](Self::load).
+    fn futex_addr(&self, off: u64) -> *const u32 {
+        let word = self.word(off) as *const AtomicU64 as *const u32;
+        if cfg!(target_endian = "big") {
+            word.wrapping_add(1)
+        } else {
+            word
         }
+    }
+
+    /// Sleeps while the low 32 bits of the (native-endian) counter word at
+    /// `off` equal `expected`, at most `timeout`; woken by
+    /// [`wake`](Self::wake) on the same word from any process. May return
+    /// early: callers re-check their condition.
+    pub(crate) fn wait(&self, off: u64, expected: u32, timeout: Option<std::time::Duration>) {
+        let addr = self.futex_addr(off);
+        // SAFETY: `addr` is 4-aligned inside this mapping (an 8-aligned
+        // word checked by `word`), which stays mapped while `self` lives;
+        // the kernel only reads it. Rust code accesses the word only as an
+        // AtomicU64 (rule 1); the kernel's read is not a Rust access.
+        unsafe { crate::sys::futex_wait(addr, expected, timeout) }
+    }
+
+    /// Wakes every process and thread waiting on the counter word at `off`.
+    pub(crate) fn wake(&self, off: u64) {
+        let addr = self.futex_addr(off);
+        // SAFETY: as in `wait`.
+        unsafe { crate::sys::futex_wake(addr) }
     }
 }
