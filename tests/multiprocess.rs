@@ -1,0 +1,552 @@
+//! Many processes, one store: snapshot readers in other processes while a
+//! writer commits and grows the file, the reader table across kills,
+//! waiting for commits across processes, and read-only files.
+//!
+//! Children are this test binary run again (`child`, ignored on its own),
+//! told their role by `MAPKV_ROLE`. They talk to the parent in lines on
+//! standard output and take orders on standard input.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mapkv::{Error, Options, Store};
+use rand::{Rng, SeedableRng};
+
+/// A child process; killed and reaped when dropped, so a failing test
+/// leaves nothing behind.
+struct Proc {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(role: &str, db: &Path, extra: &[(&str, String)]) -> Proc {
+        Proc::spawn_with(role, db, extra, |_| {})
+    }
+
+    fn spawn_with(
+        role: &str,
+        db: &Path,
+        extra: &[(&str, String)],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Proc {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--ignored", "--exact", "child", "--nocapture"])
+            .arg("--test-threads=1")
+            .env("MAPKV_ROLE", role)
+            .env("MAPKV_DB", db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn child");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take();
+        Proc { child, out, stdin }
+    }
+
+    /// The next line the child says that starts with `tag`, split in words
+    /// after the tag (other lines, such as the test harness's, are skipped).
+    fn expect(&mut self, tag: &str) -> Vec<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.read_line(&mut line).unwrap();
+            assert!(n > 0, "child exited before saying {tag:?}");
+            // The harness prints "test child ... " with no newline before
+            // the child's first line: look for the marker anywhere.
+            let Some(at) = line.find(MARK) else { continue };
+            let said = &line[at + MARK.len()..];
+            assert!(
+                !said.starts_with("FAIL"),
+                "child failed: {}",
+                said.trim_end()
+            );
+            if let Some(rest) = said.trim_end().strip_prefix(tag) {
+                return rest.split_whitespace().map(str::to_string).collect();
+            }
+        }
+    }
+
+    fn tell(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "child failed: {status}");
+    }
+}
+
+/// Starts every line a child says to its parent.
+const MARK: &str = "@@ ";
+
+/// Says a line to the parent.
+fn say(line: impl std::fmt::Display) {
+    println!("\n{MARK}{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// Waits for a line from the parent.
+fn hear() -> String {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+fn env_u64(name: &str) -> u64 {
+    std::env::var(name).unwrap().parse().unwrap()
+}
+
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF with a valid pointer cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Microseconds on the system-wide monotonic clock, comparable between
+/// processes.
+fn mono_micros() -> u64 {
+    // SAFETY: clock_gettime only writes the struct we pass.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+// ---- the bank ----
+
+const ACCOUNTS: u64 = 10_000;
+const START_BALANCE: u64 = 1_000;
+/// Every value carries padding, so the transfers grow the file.
+const PAD: usize = 500;
+
+fn account(i: u64) -> Vec<u8> {
+    format!("acct-{i:05}").into_bytes()
+}
+
+fn balance_value(amount: u64, salt: u64) -> Vec<u8> {
+    let mut v = amount.to_le_bytes().to_vec();
+    v.resize(8 + PAD, salt as u8);
+    v
+}
+
+fn balance_of(v: &[u8]) -> u64 {
+    u64::from_le_bytes(v[..8].try_into().unwrap())
+}
+
+/// The writer: `commits` transactions, each moving money between random
+/// accounts. Reports how many times it saw the file grow.
+fn bank_writer(store: &Store, commits: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut lens = vec![store.stats().unwrap().file_bytes];
+    for c in 0..commits {
+        let mut tx = store.begin_write().unwrap();
+        for _ in 0..rng.gen_range(1..9) {
+            let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
+            if a == b {
+                continue;
+            }
+            let ba = balance_of(tx.get(&account(a)).unwrap().unwrap());
+            let bb = balance_of(tx.get(&account(b)).unwrap().unwrap());
+            let amount = rng.gen_range(0..=ba);
+            tx.put(&account(a), &balance_value(ba - amount, c)).unwrap();
+            tx.put(&account(b), &balance_value(bb + amount, c)).unwrap();
+        }
+        tx.commit().unwrap();
+        let len = store.stats().unwrap().file_bytes;
+        if len != *lens.last().unwrap() {
+            lens.push(len);
+        }
+    }
+    say(format!(
+        "done {} {}",
+        store.begin_read().unwrap().seq(),
+        lens.len() - 1
+    ));
+}
+
+/// A reader: snapshots until it sees `final_seq`; every snapshot must hold
+/// all the money, and seqs never go back.
+fn bank_reader(store: &Store, final_seq: u64) {
+    let (mut last, mut snapshots, mut distinct) = (0u64, 0u64, 0u64);
+    loop {
+        let snap = store.begin_read().unwrap();
+        let seq = snap.seq();
+        if seq < last {
+            say(format!("FAIL seq went back from {last} to {seq}"));
+            return;
+        }
+        distinct += (seq != last) as u64;
+        last = seq;
+        let mut total = 0;
+        let mut n = 0;
+        for kv in snap.iter() {
+            let (_, v) = kv.unwrap();
+            total += balance_of(v);
+            n += 1;
+        }
+        if total != ACCOUNTS * START_BALANCE || n != ACCOUNTS {
+            say(format!("FAIL snapshot {seq}: {n} accounts, total {total}"));
+            return;
+        }
+        snapshots += 1;
+        if seq >= final_seq {
+            break;
+        }
+    }
+    say(format!("checked {snapshots} {distinct}"));
+}
+
+#[test]
+fn bank_invariant_holds_in_every_snapshot_of_three_reader_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.kv");
+    let start_seq = {
+        let store = Store::open(&db).unwrap();
+        let mut tx = store.begin_write().unwrap();
+        for i in 0..ACCOUNTS {
+            tx.put(&account(i), &balance_value(START_BALANCE, 0))
+                .unwrap();
+        }
+        tx.commit().unwrap()
+    };
+    const COMMITS: u64 = 3_000;
+    let final_seq = start_seq + COMMITS;
+    let mut readers: Vec<Proc> = (0..3)
+        .map(|_| {
+            Proc::spawn(
+                "bank-reader",
+                &db,
+                &[("MAPKV_FINAL", final_seq.to_string())],
+            )
+        })
+        .collect();
+    let mut writer = Proc::spawn(
+        "bank-writer",
+        &db,
+        &[("MAPKV_COMMITS", COMMITS.to_string())],
+    );
+    let done = writer.expect("done");
+    assert_eq!(done[0].parse::<u64>().unwrap(), final_seq);
+    let growths: u64 = done[1].parse().unwrap();
+    assert!(growths >= 3, "the file grew only {growths} times");
+    for r in &mut readers {
+        let checked = r.expect("checked");
+        let (snaps, distinct): (u64, u64) =
+            (checked[0].parse().unwrap(), checked[1].parse().unwrap());
+        // Each reader saw many states, not one before and one after.
+        assert!(
+            snaps >= 5 && distinct >= 5,
+            "reader saw {snaps} snapshots, {distinct} states"
+        );
+    }
+    writer.finish();
+    for r in readers {
+        r.finish();
+    }
+    let store = Store::open(&db).unwrap();
+    assert!(store.verify().unwrap().is_ok());
+}
+
+// ---- a reader across growth ----
+
+#[test]
+fn a_reader_process_keeps_its_snapshot_while_the_file_grows_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grow.kv");
+    let store = Store::open(&db).unwrap();
+    for i in 0..200u32 {
+        store.put(&i.to_le_bytes(), &[1u8; 100]).unwrap();
+    }
+    let mut reader = Proc::spawn("old-snapshot", &db, &[]);
+    let held: u64 = reader.expect("holding")[0].parse().unwrap();
+    let len0 = store.stats().unwrap().file_bytes;
+    // Several growths: overwrite every key with large values.
+    let mut growths = 0;
+    let mut len = len0;
+    for round in 0..6u8 {
+        let mut tx = store.begin_write().unwrap();
+        for i in 0..200u32 {
+            tx.put(&i.to_le_bytes(), &vec![round + 2; 8_000]).unwrap();
+        }
+        tx.commit().unwrap();
+        let now = store.stats().unwrap().file_bytes;
+        growths += (now != len) as u32;
+        len = now;
+    }
+    assert!(growths >= 3, "grew {growths} times");
+    // The reader's snapshot is registered, so the table shows it.
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.oldest_snapshot, Some(held));
+    reader.tell("check");
+    let after = reader.expect("ok");
+    // A new snapshot in the reader saw the newest values.
+    assert_eq!(
+        after[0].parse::<u64>().unwrap(),
+        store.begin_read().unwrap().seq()
+    );
+    reader.finish();
+}
+
+fn old_snapshot_child(store: &Store) {
+    let snap = store.begin_read().unwrap();
+    let len0 = store.stats().unwrap().file_bytes;
+    say(format!("holding {}", snap.seq()));
+    assert_eq!(hear(), "check");
+    for i in 0..200u32 {
+        assert_eq!(snap.get(&i.to_le_bytes()).unwrap(), Some(&[1u8; 100][..]));
+    }
+    assert_eq!(snap.iter().count(), 200);
+    let fresh = store.begin_read().unwrap();
+    assert!(
+        store.stats().unwrap().file_bytes > len0,
+        "did not see the growth"
+    );
+    for i in 0..200u32 {
+        assert_eq!(
+            fresh.get(&i.to_le_bytes()).unwrap(),
+            Some(&[7u8; 8_000][..])
+        );
+    }
+    say(format!("ok {}", fresh.seq()));
+}
+
+// ---- killed readers ----
+
+#[test]
+fn a_killed_reader_process_stops_pinning_the_oldest_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kill.kv");
+    let store = Store::open(&db).unwrap();
+    store.put(b"k", b"1").unwrap();
+    let mut readers: Vec<Proc> = (0..2).map(|_| Proc::spawn("hold", &db, &[])).collect();
+    let pids: Vec<u32> = readers.iter().map(|r| r.child.id()).collect();
+    let held: Vec<u64> = readers
+        .iter_mut()
+        .map(|r| r.expect("holding")[0].parse().unwrap())
+        .collect();
+    for i in 0..5u8 {
+        store.put(b"k", &[i]).unwrap();
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.open_snapshots, 4, "two snapshots per reader");
+    assert_eq!(stats.oldest_snapshot, Some(held[0].min(held[1])));
+    let listed = store.readers().unwrap();
+    assert!(pids.iter().all(|p| listed.iter().any(|r| r.pid == *p)));
+
+    // SIGKILL both: no chance to release anything.
+    drop(readers);
+    let mine = store.begin_read().unwrap();
+    assert_eq!(store.clear_stale_readers().unwrap(), 2);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.open_snapshots, 1);
+    assert_eq!(stats.oldest_snapshot, Some(mine.seq()));
+    assert!(store
+        .readers()
+        .unwrap()
+        .iter()
+        .all(|r| r.pid == std::process::id()));
+}
+
+fn hold_child(store: &Store) {
+    let a = store.begin_read().unwrap();
+    store.put(b"child", b"x").unwrap();
+    let b = store.begin_read().unwrap();
+    say(format!("holding {} {}", a.seq(), b.seq()));
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+// ---- waiting for commits ----
+
+#[test]
+fn wait_for_commit_wakes_another_process_without_polling_and_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wait.kv");
+    let store = Store::open(&db).unwrap();
+    store.put(b"k", b"0").unwrap();
+    let mut waiter = Proc::spawn("waiter", &db, &[]);
+    let seen: u64 = waiter.expect("waiting")[0].parse().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let committed_at = mono_micros();
+    store.put(b"k", b"1").unwrap();
+    let woke = waiter.expect("woke");
+    let (seq, woke_at, cpu_us): (u64, u64, u64) = (
+        woke[0].parse().unwrap(),
+        woke[1].parse().unwrap(),
+        woke[2].parse().unwrap(),
+    );
+    assert_eq!(seq, seen + 1);
+    let latency = woke_at.saturating_sub(committed_at);
+    assert!(latency < 2_000_000, "woke {latency} µs after the commit");
+    // It slept through the 400 ms: a busy poll would have burnt them.
+    assert!(cpu_us < 100_000, "waiting used {cpu_us} µs of CPU");
+    let timed_out = waiter.expect("timeout");
+    let (seq, waited_ms): (u64, u64) =
+        (timed_out[0].parse().unwrap(), timed_out[1].parse().unwrap());
+    assert_eq!(seq, seen + 1, "a timeout returns the current seq");
+    assert!(
+        (300..3_000).contains(&waited_ms),
+        "waited {waited_ms} ms for a 300 ms timeout"
+    );
+    waiter.finish();
+}
+
+fn waiter_child(store: &Store) {
+    let seen = store.begin_read().unwrap().seq();
+    let cpu0 = cpu_time();
+    say(format!("waiting {seen}"));
+    let seq = store
+        .wait_for_commit(seen, Some(Duration::from_secs(20)))
+        .unwrap();
+    let woke_at = mono_micros();
+    let cpu = cpu_time() - cpu0;
+    say(format!("woke {seq} {woke_at} {}", cpu.as_micros()));
+    let t = Instant::now();
+    let again = store
+        .wait_for_commit(seq, Some(Duration::from_millis(300)))
+        .unwrap();
+    say(format!("timeout {again} {}", t.elapsed().as_millis()));
+}
+
+// ---- changes across processes ----
+
+#[test]
+fn changes_made_in_another_process_are_listed_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("changes.kv");
+    let store = Store::open(&db).unwrap();
+    let from = store.begin_read().unwrap().seq();
+    let writer = Proc::spawn("change-writer", &db, &[]);
+    writer.finish();
+    let snap = store.begin_read().unwrap();
+    let got: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = snap
+        .changes_since(from)
+        .unwrap()
+        .map(|c| {
+            let (s, k, v) = c.unwrap();
+            (s, k.to_vec(), v.map(<[u8]>::to_vec))
+        })
+        .collect();
+    let want = vec![
+        (from + 1, b"a".to_vec(), Some(b"1".to_vec())),
+        (from + 1, b"b".to_vec(), Some(b"2".to_vec())),
+        (from + 2, b"a".to_vec(), None),
+        (from + 2, b"b".to_vec(), Some(b"3".to_vec())),
+    ];
+    assert_eq!(got, want);
+}
+
+fn change_writer_child(store: &Store) {
+    let mut tx = store.begin_write().unwrap();
+    tx.put(b"a", b"0").unwrap();
+    tx.put(b"b", b"2").unwrap();
+    tx.put(b"a", b"1").unwrap();
+    tx.commit().unwrap();
+    let mut tx = store.begin_write().unwrap();
+    tx.delete(b"a").unwrap();
+    tx.put(b"b", b"3").unwrap();
+    tx.commit().unwrap();
+}
+
+// ---- read-only files ----
+
+/// A process that may not write the file: as root, a child running as
+/// `nobody`; otherwise permissions alone keep it out.
+#[test]
+fn a_process_that_may_not_write_the_file_reads_follows_and_waits() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("ro.kv");
+    {
+        let store = Store::open(&db).unwrap();
+        store.put(b"k", b"v1").unwrap();
+        store.close().unwrap(); // clean: readable with no writer around
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut reader = Proc::spawn_with("read-only", &db, &[], |cmd| {
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+    });
+    let opened = reader.expect("opened");
+    assert_eq!(opened, vec!["v1".to_string(), "unregistered".to_string()]);
+
+    // A writer comes along (root may write a 0444 file; it recovers the
+    // store and sets up the live header), commits, and the reader sees it.
+    let writer = Store::open(&db).unwrap();
+    assert!(
+        writer.stats().unwrap().unregistered_readers,
+        "the reader's pin lock is seen"
+    );
+    writer.put(b"k", b"v2").unwrap();
+    let followed = reader.expect("followed");
+    assert_eq!(followed, vec!["v2".to_string()]);
+    reader.finish();
+}
+
+fn read_only_child(store: &Store) {
+    let seen = store.begin_read().unwrap().seq();
+    assert!(matches!(store.begin_write(), Err(Error::ReadOnly { .. })));
+    let stats = store.stats().unwrap();
+    let value = store.get(b"k").unwrap().unwrap();
+    say(format!(
+        "opened {} {}",
+        String::from_utf8(value).unwrap(),
+        if stats.unregistered_readers {
+            "unregistered"
+        } else {
+            "registered"
+        }
+    ));
+    let seq = store
+        .wait_for_commit(seen, Some(Duration::from_secs(20)))
+        .unwrap();
+    assert!(seq > seen, "no commit seen");
+    let value = store.get(b"k").unwrap().unwrap();
+    say(format!("followed {}", String::from_utf8(value).unwrap()));
+}
+
+/// Not a test on its own: the body of every child process above.
+#[test]
+#[ignore = "run by the other tests as a child process"]
+fn child() {
+    let db = std::env::var("MAPKV_DB").expect("run as a child");
+    let role = std::env::var("MAPKV_ROLE").unwrap();
+    let read_only = role == "read-only";
+    let store = Options::new().read_only(read_only).open(&db).unwrap();
+    match role.as_str() {
+        "bank-writer" => bank_writer(&store, env_u64("MAPKV_COMMITS")),
+        "bank-reader" => bank_reader(&store, env_u64("MAPKV_FINAL")),
+        "old-snapshot" => old_snapshot_child(&store),
+        "hold" => hold_child(&store),
+        "waiter" => waiter_child(&store),
+        "change-writer" => change_writer_child(&store),
+        "read-only" => read_only_child(&store),
+        other => panic!("unknown role {other}"),
+    }
+}
