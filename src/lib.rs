@@ -34,10 +34,38 @@
 //!   survives a process kill and a power loss once `commit()` returns.
 //! - **Crash consistency**: after a crash at any instant, `open` shows the
 //!   state after some commit, at least the last acknowledged durable one.
-//! - **Snapshot isolation**: a [`ReadTxn`] sees one commit for its life.
+//! - **Snapshot isolation**: a [`ReadTxn`] sees one commit for its life,
+//!   in any process.
 //! - **One writer** across threads and processes (an OFD file lock).
 //! - **Bad input is an error**: damaged files give an [`Error`] naming the
 //!   offset, never a panic or undefined behaviour.
+//!
+//! ## Many processes
+//!
+//! Any number of processes open the same file; one writes at a time. Every
+//! snapshot is registered in a reader table inside the file, with owner
+//! liveness proven by locks, so a reader killed with `SIGKILL` pins
+//! nothing ([`Store::readers`], [`Stats::oldest_snapshot`]).
+//! [`Store::wait_for_commit`] sleeps on a futex in the shared mapping until
+//! any process commits, and [`ReadTxn::changes_since`] lists what the
+//! commits since a seq changed — together, a change feed:
+//!
+//! ```
+//! # let dir = tempfile::tempdir()?;
+//! # let store = mapkv::Store::open(dir.path().join("feed.kv"))?;
+//! # store.put(b"k", b"v")?;
+//! let mut seen = 0;
+//! // Loop forever in a real follower; here, one round.
+//! let newest = store.wait_for_commit(seen, None)?;
+//! let snap = store.begin_read()?;
+//! for change in snap.changes_since(seen)? {
+//!     let (seq, key, value) = change?;
+//!     println!("{seq}: {key:?} = {value:?}");
+//! }
+//! seen = snap.seq();
+//! assert!(seen >= newest);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! ## Caveats
 //!
@@ -57,9 +85,11 @@
 //!   ([`Error::Poisoned`]) until the store is reopened. The commit that saw
 //!   the error is indeterminate after a crash.
 //! - **Read-only handles** of a store whose last writer crashed, opened
-//!   when no read-write handle is alive, fail with [`Error::NeedsRecovery`];
-//!   and a read-only handle that opened while no read-write handle was
-//!   alive keeps showing the state it opened with.
+//!   when no read-write handle is alive, fail with [`Error::NeedsRecovery`].
+//!   A read-only handle asks for a writable descriptor to register its
+//!   snapshots; on a file it may not write it reads without registering
+//!   (and blocks space reuse while open) and waits for commits by looking
+//!   every 10 ms ([`Options::read_only`]).
 //! - **Limits**: keys 1 byte to 64 KiB, values up to 1 GiB, files up to
 //!   8 TiB. Linux only (OFD locks, `fallocate`).
 

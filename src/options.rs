@@ -61,8 +61,21 @@ impl Options {
         }
     }
 
-    /// Open read-only: no write transactions, works on files this process
-    /// may not write. Never creates the file.
+    /// Open read-only: no write transactions, and never creates the file.
+    ///
+    /// A read-only handle still writes the reader table inside the file
+    /// (so writers in other processes know its snapshots), so it opens the
+    /// file for writing when it may. On a file it may not write (mode
+    /// 0444, a read-only mount) it opens it for reading and still works,
+    /// with three differences: its snapshots are not registered (while it
+    /// is open no space is reused: [`Stats::unregistered_readers`]); its
+    /// [`Store::wait_for_commit`] looks every 10 ms instead of being woken;
+    /// and, as for any read-only handle, a store whose last writer crashed
+    /// must first be opened read-write once ([`Error::NeedsRecovery`]).
+    ///
+    /// [`Stats::unregistered_readers`]: crate::Stats::unregistered_readers
+    /// [`Store::wait_for_commit`]: crate::Store::wait_for_commit
+    /// [`Error::NeedsRecovery`]: crate::Error::NeedsRecovery
     pub fn read_only(mut self, yes: bool) -> Options {
         self.read_only = yes;
         self

@@ -79,7 +79,11 @@ fn changes_since_lists_exactly_what_each_commit_did() {
             let value = if rng.gen_bool(0.25) {
                 None
             } else {
-                let len = if rng.gen_bool(0.03) { 400_000 } else { rng.gen_range(0..300) };
+                let len = if rng.gen_bool(0.03) {
+                    400_000
+                } else {
+                    rng.gen_range(0..300)
+                };
                 Some(vec![rng.gen::<u8>(); len])
             };
             let effective = match &value {
@@ -111,7 +115,14 @@ fn changes_since_lists_exactly_what_each_commit_did() {
     }
     let snap = store.begin_read().unwrap();
     assert!(snap.seq() > 60);
-    for from in [0, 1, snap.seq() / 2, snap.seq() - 1, snap.seq(), snap.seq() + 5] {
+    for from in [
+        0,
+        1,
+        snap.seq() / 2,
+        snap.seq() - 1,
+        snap.seq(),
+        snap.seq() + 5,
+    ] {
         let got: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = snap
             .changes_since(from)
             .unwrap()
@@ -161,9 +172,15 @@ fn changes_since_reports_a_damaged_commit_record() {
     let store = Options::new().read_only(true).open(&db).unwrap();
     let snap = store.begin_read().unwrap();
     assert_eq!(snap.seq(), seq);
-    let err = snap.changes_since(0).err().expect("a damaged commit record");
+    let err = snap
+        .changes_since(0)
+        .err()
+        .expect("a damaged commit record");
     assert!(err.is_corruption(), "{err}");
-    assert!(err.to_string().contains("commit record of commit 2"), "{err}");
+    assert!(
+        err.to_string().contains("commit record of commit 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -174,10 +191,20 @@ fn wait_for_commit_returns_at_once_wakes_on_a_commit_and_times_out() {
     store.put(b"k", b"1").unwrap();
     let seq = store.begin_read().unwrap().seq();
     // Already newer: no wait.
-    assert_eq!(store.wait_for_commit(seq - 1, Some(Duration::ZERO)).unwrap(), seq);
+    assert_eq!(
+        store
+            .wait_for_commit(seq - 1, Some(Duration::ZERO))
+            .unwrap(),
+        seq
+    );
     // Nothing new: the timeout, and the current seq back.
     let t = Instant::now();
-    assert_eq!(store.wait_for_commit(seq, Some(Duration::from_millis(100))).unwrap(), seq);
+    assert_eq!(
+        store
+            .wait_for_commit(seq, Some(Duration::from_millis(100)))
+            .unwrap(),
+        seq
+    );
     assert!(t.elapsed() >= Duration::from_millis(100));
     // Woken by another handle's commit (no timeout at all).
     let other = Store::open(&db).unwrap();

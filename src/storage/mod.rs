@@ -15,11 +15,11 @@
 //! splitting the file into three kinds of bytes and accessing each kind in
 //! only one way:
 //!
-//! 1. **Shared mutable words** — the meta pages, the live header and the
-//!    index slots. They change while others read them, so they are *only*
-//!    read and written through `AtomicU64` (8-byte aligned: meta pages, the
-//!    live header and index tables are page-aligned). No reference to their
-//!    bytes is ever formed. Meta pages are copied out word by word and then
+//! 1. **Shared mutable words** — the meta pages, the live header, the
+//!    reader table and the index slots. They change while others read them,
+//!    so they are *only* read and written through `AtomicU64` (8-byte
+//!    aligned: all of them are page-aligned structures of whole words). No
+//!    reference to their bytes is ever formed. Meta pages are copied out word by word and then
 //!    checked by CRC, so a copy torn by a concurrent write is rejected, not
 //!    trusted.
 //! 2. **Committed log records** — written once by the writer *before* the
