@@ -281,6 +281,11 @@ impl Shared {
             // process's write transaction.
             lock(LockId::Writer, LockMode::Exclusive)?;
             join = held(&*backend);
+            if join {
+                // Another opener recovered while we waited: join it, and
+                // let go of the lock we will not use.
+                lock(LockId::Writer, LockMode::Unlock)?;
+            }
         }
         let locked_writer = writable && !join;
         let mut file_len = backend

@@ -9,6 +9,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use mapkv::{Error, Options, Store};
@@ -18,9 +19,14 @@ use rand::{Rng, SeedableRng};
 /// leaves nothing behind.
 struct Proc {
     child: Child,
-    out: BufReader<ChildStdout>,
+    /// Lines of its standard output, read by a thread of their own so
+    /// that a child that hangs fails the test instead of hanging it.
+    lines: Receiver<String>,
     stdin: Option<ChildStdin>,
 }
+
+/// How long a child may stay silent before the test gives up on it.
+const SILENCE: Duration = Duration::from_secs(60);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -29,42 +35,58 @@ impl Drop for Proc {
     }
 }
 
+/// A command running this test binary (or `exe`) as a child in `role`.
+fn child_command(exe: &Path, role: &str, db: &Path, extra: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--ignored", "--exact", "child", "--nocapture"])
+        .arg("--test-threads=1")
+        .env("MAPKV_ROLE", role)
+        .env("MAPKV_DB", db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 impl Proc {
     fn spawn(role: &str, db: &Path, extra: &[(&str, String)]) -> Proc {
-        Proc::spawn_with(role, db, extra, |_| {})
+        let exe = std::env::current_exe().unwrap();
+        Proc::start(child_command(&exe, role, db, extra)).expect("spawn child")
     }
 
-    fn spawn_with(
-        role: &str,
-        db: &Path,
-        extra: &[(&str, String)],
-        tweak: impl FnOnce(&mut Command),
-    ) -> Proc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--ignored", "--exact", "child", "--nocapture"])
-            .arg("--test-threads=1")
-            .env("MAPKV_ROLE", role)
-            .env("MAPKV_DB", db)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        tweak(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn child");
-        let out = BufReader::new(child.stdout.take().unwrap());
+    fn start(mut cmd: Command) -> std::io::Result<Proc> {
+        let mut child = cmd.spawn()?;
+        let out: ChildStdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let stdin = child.stdin.take();
-        Proc { child, out, stdin }
+        Ok(Proc {
+            child,
+            lines,
+            stdin,
+        })
     }
 
     /// The next line the child says that starts with `tag`, split in words
     /// after the tag (other lines, such as the test harness's, are skipped).
     fn expect(&mut self, tag: &str) -> Vec<String> {
-        let mut line = String::new();
         loop {
-            line.clear();
-            let n = self.out.read_line(&mut line).unwrap();
-            assert!(n > 0, "child exited before saying {tag:?}");
+            let line = match self.lines.recv_timeout(SILENCE) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => panic!("child silent for {SILENCE:?} (hung?)"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("child exited before saying {tag:?}")
+                }
+            };
             // The harness prints "test child ... " with no newline before
             // the child's first line: look for the marker anywhere.
             let Some(at) = line.find(MARK) else { continue };
@@ -249,10 +271,12 @@ fn bank_invariant_holds_in_every_snapshot_of_three_reader_processes() {
     assert_eq!(done[0].parse::<u64>().unwrap(), final_seq);
     let growths: u64 = done[1].parse().unwrap();
     assert!(growths >= 3, "the file grew only {growths} times");
+    println!("writer: {COMMITS} commits, the file grew {growths} times");
     for r in &mut readers {
         let checked = r.expect("checked");
         let (snaps, distinct): (u64, u64) =
             (checked[0].parse().unwrap(), checked[1].parse().unwrap());
+        println!("reader: {snaps} snapshots checked, {distinct} distinct states");
         // Each reader saw many states, not one before and one after.
         assert!(
             snaps >= 5 && distinct >= 5,
@@ -488,11 +512,28 @@ fn a_process_that_may_not_write_the_file_reads_follows_and_waits() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let mut reader = Proc::spawn_with("read-only", &db, &[], |cmd| {
-        if root {
-            cmd.uid(65534).gid(65534);
+    let mut exe = std::env::current_exe().unwrap();
+    if root {
+        // `nobody` must be able to run the binary wherever the build
+        // directory is: run a copy from the (0755) temporary directory.
+        let copy = dir.path().join("child-exe");
+        std::fs::copy(&exe, &copy).unwrap();
+        exe = copy;
+    }
+    let mut cmd = child_command(&exe, "read-only", &db, &[]);
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    let mut reader = match Proc::start(cmd) {
+        Ok(p) => p,
+        Err(e) if root => {
+            // Root without CAP_SETUID (some containers) cannot become
+            // another user, and root itself may write any file.
+            eprintln!("skipped: cannot run a child as nobody here ({e})");
+            return;
         }
-    });
+        Err(e) => panic!("spawn child: {e}"),
+    };
     let opened = reader.expect("opened");
     assert_eq!(opened, vec!["v1".to_string(), "unregistered".to_string()]);
 

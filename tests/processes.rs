@@ -167,3 +167,40 @@ fn two_handles_in_one_process_exclude_each_other_and_survive_closing_one() {
     c.put(b"from-c", b"2").unwrap();
     assert_eq!(b.get(b"from-c").unwrap(), Some(b"2".to_vec()));
 }
+
+/// Handles opening at once, while no handle is live: one recovers under
+/// the writer lock, the others wait for it and then join. None may keep
+/// the writer lock after opening (a bug the multi-process bank test found:
+/// a waiter that found the store live on getting the lock never let go).
+#[test]
+fn handles_opening_at_once_leave_the_writer_lock_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("race.kv");
+    Store::open(&db).unwrap().put(b"k", b"v").unwrap();
+    for _ in 0..10 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..8 {
+            let (barrier, tx, db) = (barrier.clone(), tx.clone(), db.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let _ = tx.send(Store::open(&db).unwrap());
+            });
+        }
+        // With the bug, an opener waits forever for the kept lock: fail,
+        // do not hang.
+        let stores: Vec<Store> = (0..8)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(20))
+                    .expect("an open hung")
+            })
+            .collect();
+        for (i, store) in stores.iter().enumerate() {
+            let tx = store.try_begin_write().unwrap();
+            assert!(
+                tx.is_some(),
+                "handle {i} cannot write: another kept the lock"
+            );
+        }
+    }
+}
