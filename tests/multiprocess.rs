@@ -6,6 +6,8 @@
 //! told their role by `MAPKV_ROLE`. They talk to the parent in lines on
 //! standard output and take orders on standard input.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -464,14 +466,7 @@ fn changes_made_in_another_process_are_listed_in_order() {
     let writer = Proc::spawn("change-writer", &db, &[]);
     writer.finish();
     let snap = store.begin_read().unwrap();
-    let got: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = snap
-        .changes_since(from)
-        .unwrap()
-        .map(|c| {
-            let (s, k, v) = c.unwrap();
-            (s, k.to_vec(), v.map(<[u8]>::to_vec))
-        })
-        .collect();
+    let got = common::owned_changes(&snap, from);
     let want = vec![
         (from + 1, b"a".to_vec(), Some(b"1".to_vec())),
         (from + 1, b"b".to_vec(), Some(b"2".to_vec())),

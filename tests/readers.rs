@@ -123,15 +123,8 @@ fn changes_since_lists_exactly_what_each_commit_did() {
         snap.seq(),
         snap.seq() + 5,
     ] {
-        let got: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = snap
-            .changes_since(from)
-            .unwrap()
-            .map(|c| {
-                let (s, k, v) = c.unwrap();
-                (s, k.to_vec(), v.map(<[u8]>::to_vec))
-            })
-            .collect();
-        let want: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = history
+        let got = common::owned_changes(&snap, from);
+        let want: Vec<common::Change> = history
             .range(from + 1..)
             .flat_map(|(s, net)| net.iter().map(move |(k, v)| (*s, k.clone(), v.clone())))
             .collect();

@@ -39,3 +39,17 @@ pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Ve
         })
         .collect()
 }
+
+/// One change as `ReadTxn::changes_since` lists it, owned.
+pub type Change = (u64, Vec<u8>, Option<Vec<u8>>);
+
+/// Every change after `from` in `snap`, copied out (panics on an error).
+pub fn owned_changes(snap: &mapkv::ReadTxn<'_>, from: u64) -> Vec<Change> {
+    snap.changes_since(from)
+        .unwrap()
+        .map(|c| {
+            let (s, k, v) = c.unwrap();
+            (s, k.to_vec(), v.map(<[u8]>::to_vec))
+        })
+        .collect()
+}
