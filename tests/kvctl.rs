@@ -55,7 +55,7 @@ fn put_get_del_stats_round_trip() {
 
     let stats = kvctl(&db, &["stats"]);
     let text = String::from_utf8_lossy(&stats.stdout);
-    assert!(text.contains("keys            1"), "{text}");
+    assert!(text.contains("keys              1"), "{text}");
     assert_eq!(code(&kvctl(&db, &["verify"])), 0);
     // MAPKV_DB works instead of --db.
     let env = Command::new(env!("CARGO_BIN_EXE_kvctl"))
@@ -110,4 +110,281 @@ fn no_wait_reports_a_locked_store_with_exit_code_3() {
     drop(tx);
     assert_eq!(code(&kvctl(&db, &["--no-wait", "put", "k", "v"])), 0);
     assert_eq!(store.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn keys_scan_and_encodings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("list.kv");
+    {
+        let store = mapkv::Store::open(&db).unwrap();
+        let mut tx = store.begin_write().unwrap();
+        for (k, v) in [
+            (&b"user:2"[..], &b"bob"[..]),
+            (b"user:1", b"ann"),
+            (b"item:1", b"x"),
+            (b"\x00\xffbin", b"a\tb\n"),
+        ] {
+            tx.put(k, v).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    // Sorted, filtered, limited; binary bytes escaped in text.
+    assert_eq!(
+        stdout(&kvctl(&db, &["keys"])),
+        "\\x00\\xffbin\nitem:1\nuser:1\nuser:2\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(&db, &["keys", "--prefix", "user:", "--limit", "1"])),
+        "user:1\n"
+    );
+    assert_eq!(
+        stdout(&kvctl(&db, &["scan", "--prefix", "user:"])),
+        "user:1\tann\nuser:2\tbob\n"
+    );
+    let lines = json_lines(&kvctl(&db, &["--json", "scan", "--limit", "1"]));
+    assert_eq!(lines[0]["key_base64"], "AP9iaW4=");
+    assert_eq!(lines[0]["value"], "a\tb\n");
+    // --hex for input and output.
+    assert_eq!(
+        stdout(&kvctl(&db, &["--hex", "get", "00ff62696e"])),
+        "6109620a\n"
+    );
+    assert_eq!(code(&kvctl(&db, &["--hex", "put", "0001", "ff"])), 0);
+    let got = kvctl(&db, &["--base64", "get", "AAE="]);
+    assert_eq!(stdout(&got), "/w==\n");
+    let bad = kvctl(&db, &["--hex", "get", "zz"]);
+    assert_eq!(code(&bad), 2);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("key is not hex"));
+    // --json get; --if-absent leaves an existing key alone.
+    let j = json_lines(&kvctl(&db, &["--json", "get", "user:1"]));
+    assert_eq!(
+        (j[0]["key"].as_str(), j[0]["value"].as_str()),
+        (Some("user:1"), Some("ann"))
+    );
+    let o = kvctl(&db, &["put", "--if-absent", "user:1", "zed"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(stdout(&kvctl(&db, &["get", "user:1"])), "ann");
+    assert_eq!(
+        code(&kvctl(&db, &["put", "--if-absent", "user:3", "cy"])),
+        0
+    );
+    // Scripts' view of stats and verify.
+    let s = &json_lines(&kvctl(&db, &["--json", "stats"]))[0];
+    assert_eq!(s["keys"], 6);
+    assert!(s["file_bytes"].as_u64().unwrap() >= s["live_bytes"].as_u64().unwrap());
+    let v = &json_lines(&kvctl(&db, &["--json", "verify"]))[0];
+    assert_eq!(
+        (v["ok"].as_bool(), v["keys"].as_u64()),
+        (Some(true), Some(6))
+    );
+    let del = json_lines(&kvctl(&db, &["--json", "del", "user:1", "nope"]));
+    assert_eq!(del[0]["deleted"], 1);
+}
+
+/// Random binary keys and values survive `dump | load` in every format.
+#[test]
+fn dump_and_load_round_trip_arbitrary_bytes_in_every_format() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.kv");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut model = std::collections::BTreeMap::new();
+    {
+        let store = mapkv::Store::open(&src).unwrap();
+        let mut tx = store.begin_write().unwrap();
+        for _ in 0..300 {
+            let k: Vec<u8> = (0..rng.gen_range(1..40)).map(|_| rng.gen()).collect();
+            let v: Vec<u8> = (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect();
+            tx.put(&k, &v).unwrap();
+            model.insert(k, v);
+        }
+        for special in [&b"\\"[..], b"\n", b" ", b"\\5c", b"{\"key\":1}"] {
+            tx.put(special, special).unwrap();
+            model.insert(special.to_vec(), special.to_vec());
+        }
+        tx.commit().unwrap();
+    }
+    for (i, args) in [
+        &["dump"][..],
+        &["dump", "--format", "mdb"],
+        &["dump", "--format", "mdb", "--print"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let file = dir.path().join(format!("dump-{i}.txt"));
+        let mut a = args.to_vec();
+        let f = file.to_str().unwrap();
+        a.extend(["--out", f]);
+        assert_eq!(code(&kvctl(&src, &a)), 0);
+        let dst = dir.path().join(format!("dst-{i}.kv"));
+        let format = if args.contains(&"mdb") {
+            "mdb"
+        } else {
+            "jsonl"
+        };
+        let o = kvctl(&dst, &["load", "--format", format, "--batch", "7", f]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let store = mapkv::Store::open(&dst).unwrap();
+        let snap = store.begin_read().unwrap();
+        let got: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = snap
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect();
+        assert!(got == model, "{args:?} lost or changed entries");
+    }
+}
+
+/// Hand-written `mdb_dump` output (tests/data), in both of its forms, with
+/// every kind of escape, loads to the same entries.
+#[test]
+fn mdb_dump_samples_load_in_both_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let want: Vec<(&[u8], &[u8])> = vec![
+        (b"\x00\xff", b"\n"),
+        (b"alpha", b"1"),
+        (b"back\\slash", b"C:\\dir"),
+        (b"caf\xc3\xa9", b"tab\there"),
+        (b"key with spaces", b"~end~ \x7f"),
+    ];
+    for form in ["bytevalue", "print"] {
+        let db = dir.path().join(format!("{form}.kv"));
+        let sample = format!(
+            "{}/tests/data/sample-{form}.mdb.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let o = kvctl(&db, &["load", "--format", "mdb", &sample]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let store = mapkv::Store::open(&db).unwrap();
+        let snap = store.begin_read().unwrap();
+        assert_eq!(snap.len(), want.len() as u64);
+        for (k, v) in &want {
+            assert_eq!(snap.get(k).unwrap(), Some(*v), "{form}: {k:?}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_dump_is_a_usage_error_naming_the_line_and_atomic_loads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.kv");
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(&input, "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\"}\n").unwrap();
+    let f = input.to_str().unwrap();
+    let o = kvctl(&db, &["load", "--atomic", f]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("no \"value\""),
+        "{err}"
+    );
+    let store = mapkv::Store::open(&db).unwrap();
+    assert_eq!(
+        store.get(b"a").unwrap(),
+        None,
+        "--atomic committed part of a bad load"
+    );
+    drop(store);
+    // Without --atomic the batches before the bad line are committed.
+    let o = kvctl(&db, &["load", "--batch", "1", f]);
+    assert_eq!(code(&o), 2);
+    assert_eq!(
+        mapkv::Store::open(&db).unwrap().get(b"a").unwrap(),
+        Some(b"1".to_vec())
+    );
+    // A named LMDB database is refused, saying so.
+    let named = dir.path().join("named.mdb");
+    std::fs::write(
+        &named,
+        "VERSION=3\nformat=print\ndatabase=users\nHEADER=END\nDATA=END\n",
+    )
+    .unwrap();
+    let o = kvctl(&db, &["load", "--format", "mdb", named.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only LMDB's main (unnamed) database"));
+}
+
+#[test]
+fn watch_prints_changes_committed_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("watch.kv");
+    let store = mapkv::Store::open(&db).unwrap();
+    store.put(b"before", b"0").unwrap();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--db")
+        .arg(&db)
+        .args(["--json", "watch", "--prefix", "k", "--count", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until watch has opened the store it cannot see commits; its reader
+    // table entry is not a signal (it holds no snapshot while waiting), so
+    // commit a few times until it has printed.
+    let start = std::time::Instant::now();
+    let out = loop {
+        store.put(b"other", b"ignored").unwrap();
+        // One commit, two changes under the prefix: watch sees both or
+        // neither, and nothing of the commits around them.
+        let mut tx = store.begin_write().unwrap();
+        tx.put(b"k1", b"v1").unwrap();
+        tx.delete(b"before").unwrap();
+        tx.put(b"k2", b"x").unwrap();
+        tx.put(b"k2", b"v2").unwrap();
+        tx.commit().unwrap();
+        store.put(b"before", b"again").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Ok(Some(_)) = watch.try_wait() {
+            break watch.wait_with_output().unwrap();
+        }
+        assert!(start.elapsed().as_secs() < 30, "watch printed nothing");
+    };
+    assert!(out.status.success());
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[0]["op"].as_str(), lines[0]["key"].as_str()),
+        (Some("put"), Some("k1"))
+    );
+    assert_eq!(lines[0]["value"], "v1");
+    assert_eq!(
+        (lines[1]["op"].as_str(), lines[1]["key"].as_str()),
+        (Some("put"), Some("k2"))
+    );
+    assert_eq!(
+        lines[1]["value"], "v2",
+        "a key is listed once, with its final value"
+    );
+    assert_eq!(lines[1]["seq"], lines[0]["seq"]);
+}
+
+#[test]
+fn readers_lists_another_process_snapshot_and_completions_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("readers.kv");
+    let store = mapkv::Store::open(&db).unwrap();
+    store.put(b"k", b"v").unwrap();
+    let snap = store.begin_read().unwrap();
+    let r = &json_lines(&kvctl(&db, &["--json", "readers", "--clear-stale"]))[0];
+    assert_eq!(r["cleared"], 0);
+    let list = r["readers"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["pid"], std::process::id());
+    assert_eq!(list[0]["seq"], snap.seq());
+    let text = stdout(&kvctl(&db, &["readers"]));
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    let bash = kvctl(&db, &["completions", "bash"]);
+    assert_eq!(code(&bash), 0);
+    assert!(stdout(&bash).contains("watch") && stdout(&bash).contains("--prefix"));
 }

@@ -1,8 +1,6 @@
 //! `kvctl init`: create an empty store.
 
-use std::path::Path;
-
-use crate::{Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// Create an empty store (or open an existing one and leave it as it is).
 ///
@@ -10,7 +8,7 @@ use crate::{Outcome, EXIT_OK};
 #[derive(clap::Args)]
 pub struct Args {}
 
-pub fn run(db: &Path, _: Args) -> Outcome {
-    mapkv::Options::new().create(true).open(db)?.close()?;
+pub fn run(ctx: &Ctx, _: Args) -> Outcome {
+    mapkv::Options::new().create(true).open(&ctx.db)?.close()?;
     Ok(EXIT_OK)
 }

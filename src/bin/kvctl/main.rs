@@ -2,22 +2,33 @@
 //! dispatches; each subcommand lives in its own file and uses only the
 //! public API.
 
+mod codec;
 mod del;
+mod dump;
 mod get;
 mod init;
+mod list;
+mod load;
+mod mdb;
 mod put;
+mod readers;
 mod stats;
 mod verify;
+mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use codec::Encoding;
 
 /// Exit status: success.
 const EXIT_OK: u8 = 0;
 /// Exit status: key not found, or `verify` found problems.
 const EXIT_NOT_FOUND: u8 = 1;
+/// Exit status: bad usage (flags, arguments, input that does not parse).
+const EXIT_USAGE: u8 = 2;
 /// Exit status: `--no-wait` and another writer holds the store.
 const EXIT_LOCKED: u8 = 3;
 /// Exit status: the store is corrupted (or not a store).
@@ -47,6 +58,16 @@ struct Cli {
     /// Fail (exit 3) instead of waiting when another writer holds the store.
     #[arg(long, global = true)]
     no_wait: bool,
+    /// Keys and values on the command line and in text output are hex.
+    #[arg(long, global = true, conflicts_with = "base64")]
+    hex: bool,
+    /// Keys and values on the command line and in text output are base64.
+    #[arg(long, global = true)]
+    base64: bool,
+    /// Output for scripts: one JSON document (or one JSON object per line
+    /// for `keys`, `scan` and `watch`); the fields are in docs/kvctl.md.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -57,37 +78,125 @@ enum Command {
     Put(put::Args),
     Get(get::Args),
     Del(del::Args),
+    Keys(list::KeysArgs),
+    Scan(list::ScanArgs),
     Stats(stats::Args),
     Verify(verify::Args),
+    Dump(dump::Args),
+    Load(load::Args),
+    Watch(watch::Args),
+    Readers(readers::Args),
+    Completions(CompletionsArgs),
 }
 
-/// What a subcommand returns: an exit status, or an error to report.
-type Outcome = Result<u8, mapkv::Error>;
+/// Print a shell completion script to standard output.
+///
+/// Example: kvctl completions bash > /etc/bash_completion.d/kvctl
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+/// What every subcommand gets: the store and the global flags.
+pub struct Ctx {
+    pub db: PathBuf,
+    pub wait: bool,
+    pub enc: Encoding,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Decodes a key given as an argument (and checks it is a valid key).
+    pub fn key(&self, arg: &str) -> Result<Vec<u8>, Fail> {
+        self.enc.decode("key", arg).map_err(Fail::Usage)
+    }
+}
+
+/// Why a subcommand failed.
+pub enum Fail {
+    /// The store said no.
+    Store(mapkv::Error),
+    /// The command line or its input does not make sense (exit 2).
+    Usage(String),
+    /// Anything else, already phrased (exit 5).
+    Other(String),
+}
+
+impl From<mapkv::Error> for Fail {
+    fn from(e: mapkv::Error) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+/// An I/O failure on something other than the store, named.
+pub fn io_fail(what: &str, e: std::io::Error) -> Fail {
+    Fail::Other(format!("{what}: {e}"))
+}
+
+/// What a subcommand returns: an exit status, or why it failed.
+type Outcome = Result<u8, Fail>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions(a) = &cli.cmd {
+        let mut script = Vec::new();
+        clap_complete::generate(a.shell, &mut Cli::command(), "kvctl", &mut script);
+        // A closed pipe (`kvctl completions bash | head`) is not an error.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return ExitCode::SUCCESS;
+    }
     let Some(db) = cli.db else {
         eprintln!("kvctl: no store given: use --db PATH or set MAPKV_DB");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     };
-    let wait = !cli.no_wait;
+    let ctx = Ctx {
+        db,
+        wait: !cli.no_wait,
+        enc: if cli.hex {
+            Encoding::Hex
+        } else if cli.base64 {
+            Encoding::Base64
+        } else {
+            Encoding::Utf8
+        },
+        json: cli.json,
+    };
     let outcome = match cli.cmd {
-        Command::Init(a) => init::run(&db, a),
-        Command::Put(a) => put::run(&db, a, wait),
-        Command::Get(a) => get::run(&db, a),
-        Command::Del(a) => del::run(&db, a, wait),
-        Command::Stats(a) => stats::run(&db, a),
-        Command::Verify(a) => verify::run(&db, a),
+        Command::Init(a) => init::run(&ctx, a),
+        Command::Put(a) => put::run(&ctx, a),
+        Command::Get(a) => get::run(&ctx, a),
+        Command::Del(a) => del::run(&ctx, a),
+        Command::Keys(a) => list::keys(&ctx, a),
+        Command::Scan(a) => list::scan(&ctx, a),
+        Command::Stats(a) => stats::run(&ctx, a),
+        Command::Verify(a) => verify::run(&ctx, a),
+        Command::Dump(a) => dump::run(&ctx, a),
+        Command::Load(a) => load::run(&ctx, a),
+        Command::Watch(a) => watch::run(&ctx, a),
+        Command::Readers(a) => readers::run(&ctx, a),
+        Command::Completions(_) => unreachable!("handled above"),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
+        Err(Fail::Usage(msg)) => {
+            eprintln!("kvctl: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Fail::Other(msg)) => {
+            eprintln!("kvctl: {msg}");
+            ExitCode::from(EXIT_ERROR)
+        }
+        Err(Fail::Store(e)) => {
             eprintln!("kvctl: {e}");
             ExitCode::from(match e {
                 mapkv::Error::Corrupted { .. }
                 | mapkv::Error::NotAStore { .. }
                 | mapkv::Error::UnsupportedVersion { .. } => EXIT_CORRUPT,
                 mapkv::Error::WriterBusy { .. } => EXIT_LOCKED,
+                mapkv::Error::EmptyKey
+                | mapkv::Error::KeyTooLarge { .. }
+                | mapkv::Error::ValueTooLarge { .. } => EXIT_USAGE,
                 _ => EXIT_ERROR,
             })
         }
@@ -95,7 +204,7 @@ fn main() -> ExitCode {
 }
 
 /// Opens an existing store (commands other than `init` never create one).
-fn open_existing(db: &std::path::Path) -> mapkv::Result<mapkv::Store> {
+fn open_existing(db: &Path) -> mapkv::Result<mapkv::Store> {
     mapkv::Options::new().create(false).open(db)
 }
 
@@ -111,7 +220,7 @@ fn begin_write(store: &mapkv::Store, wait: bool) -> mapkv::Result<mapkv::WriteTx
 /// Opens an existing store for reading: read-write if this process may
 /// write the file (so that a store left by a crash is recovered), else
 /// read-only.
-fn open_for_reading(db: &std::path::Path) -> mapkv::Result<mapkv::Store> {
+fn open_for_reading(db: &Path) -> mapkv::Result<mapkv::Store> {
     match open_existing(db) {
         Err(mapkv::Error::Io { source, .. })
             if matches!(
@@ -123,4 +232,43 @@ fn open_for_reading(db: &std::path::Path) -> mapkv::Result<mapkv::Store> {
         }
         r => r,
     }
+}
+
+/// Line output to standard output that stops quietly when the reader
+/// goes away (`kvctl keys | head`).
+pub struct Out {
+    w: std::io::BufWriter<std::io::StdoutLock<'static>>,
+}
+
+impl Out {
+    pub fn stdout() -> Out {
+        Out {
+            w: std::io::BufWriter::new(std::io::stdout().lock()),
+        }
+    }
+
+    /// Writes one line; `false` once the output is closed.
+    pub fn line(&mut self, line: &str) -> bool {
+        use std::io::Write;
+        writeln!(self.w, "{line}").is_ok()
+    }
+
+    /// Writes one line and flushes it (for output that trickles: `watch`).
+    pub fn line_now(&mut self, line: &str) -> bool {
+        use std::io::Write;
+        self.line(line) && self.w.flush().is_ok()
+    }
+}
+
+/// A progress bar on standard error, drawn only when it is a terminal
+/// (`len` 0: a counter with no end).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = if len == 0 {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::new(len)
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_message(what.to_string());
+    bar
 }

@@ -1,16 +1,24 @@
 //! `kvctl put`: set a key.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::{begin_write, open_existing, Outcome, EXIT_OK};
+use crate::{begin_write, io_fail, open_existing, Ctx, Fail, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Set KEY to VALUE (from the argument, `--file`, or standard input with `-`).
 ///
-/// Example: kvctl --db data.kv put greeting hello
+/// With --if-absent an existing key is left alone (exit 1, "exists" on
+/// standard error). With --hex or --base64 KEY and VALUE are in that encoding
+/// (a value read from a file or standard input is always raw bytes).
+///
+/// Examples:
+///   kvctl --db data.kv put greeting hello
+///   kvctl --db data.kv put photo --file cat.jpg
+///   kvctl --db data.kv --hex put 00ff 6869
 #[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The key (UTF-8).
+    /// The key.
     key: String,
     /// The value; `-` reads standard input.
     #[arg(required_unless_present = "file", conflicts_with = "file")]
@@ -18,40 +26,41 @@ pub struct Args {
     /// Read the value from this file.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Do nothing (exit 1) if the key already has a value.
+    #[arg(long)]
+    if_absent: bool,
     /// Create the store if it does not exist.
     #[arg(long)]
     create: bool,
 }
 
-pub fn run(db: &Path, a: Args, wait: bool) -> Outcome {
+pub fn run(ctx: &Ctx, a: Args) -> Outcome {
+    let key = ctx.key(&a.key)?;
     let value = match (&a.value, &a.file) {
-        (_, Some(f)) => std::fs::read(f).map_err(|e| io(f, e))?,
+        (_, Some(f)) => std::fs::read(f).map_err(|e| io_fail(&f.display().to_string(), e))?,
         (Some(v), None) if v == "-" => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
-                .map_err(|e| io(Path::new("standard input"), e))?;
+                .map_err(|e| io_fail("standard input", e))?;
             buf
         }
-        (Some(v), None) => v.clone().into_bytes(),
+        (Some(v), None) => ctx.enc.decode("value", v).map_err(Fail::Usage)?,
         (None, None) => unreachable!("clap requires a value or --file"),
     };
     let store = if a.create {
-        mapkv::Store::open(db)?
+        mapkv::Store::open(&ctx.db)?
     } else {
-        open_existing(db)?
+        open_existing(&ctx.db)?
     };
-    let mut tx = begin_write(&store, wait)?;
-    tx.put(a.key.as_bytes(), &value)?;
+    let mut tx = begin_write(&store, ctx.wait)?;
+    if a.if_absent && tx.get(&key)?.is_some() {
+        drop(tx);
+        eprintln!("kvctl: key exists, left as it is: {}", ctx.enc.text(&key));
+        return Ok(EXIT_NOT_FOUND);
+    }
+    tx.put(&key, &value)?;
     tx.commit()?;
     store.close()?;
     Ok(EXIT_OK)
-}
-
-fn io(path: &Path, source: std::io::Error) -> mapkv::Error {
-    mapkv::Error::Io {
-        path: path.to_path_buf(),
-        op: "read the value".into(),
-        source,
-    }
 }
