@@ -17,5 +17,9 @@ run get greeting && echo
 run get note
 run del answer
 run get answer || echo "(exit status $?: not found)"
+run --hex put 00ff 68690a
+run scan
+run --json get greeting
+run dump --format mdb --print
 run stats
 run verify
