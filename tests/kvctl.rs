@@ -388,3 +388,42 @@ fn readers_lists_another_process_snapshot_and_completions_print() {
     assert_eq!(code(&bash), 0);
     assert!(stdout(&bash).contains("watch") && stdout(&bash).contains("--prefix"));
 }
+
+#[test]
+fn torture_and_bench_run_on_scratch_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let unused = dir.path().join("unused.kv");
+    let o = kvctl(
+        &unused,
+        &["--json", "torture", "--rounds", "4", "--seed", "9"],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let t = &json_lines(&o)[0];
+    assert_eq!(
+        (t["ok"].as_bool(), t["rounds"].as_u64()),
+        (Some(true), Some(4))
+    );
+    assert!(t["acknowledged"].as_u64().unwrap() > 0, "{t}");
+    let o = kvctl(
+        &unused,
+        &[
+            "--json",
+            "bench",
+            "--keys",
+            "3000",
+            "--commits",
+            "20",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let b = &json_lines(&o)[0];
+    for field in ["fill_puts_per_sec", "read_gets_per_sec", "commit_per_sec"] {
+        assert!(b[field].as_f64().unwrap() > 0.0, "{field}: {b}");
+    }
+    assert!(b["commit_us"]["p99"].as_f64().unwrap() >= b["commit_us"]["p50"].as_f64().unwrap());
+    // Neither touched --db, and the scratch directories are gone.
+    assert!(!unused.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -2,6 +2,7 @@
 //! dispatches; each subcommand lives in its own file and uses only the
 //! public API.
 
+mod bench;
 mod codec;
 mod del;
 mod dump;
@@ -13,6 +14,7 @@ mod mdb;
 mod put;
 mod readers;
 mod stats;
+mod torture;
 mod verify;
 mod watch;
 
@@ -86,6 +88,8 @@ enum Command {
     Load(load::Args),
     Watch(watch::Args),
     Readers(readers::Args),
+    Torture(torture::Args),
+    Bench(bench::Args),
     Completions(CompletionsArgs),
 }
 
@@ -138,6 +142,16 @@ pub fn io_fail(what: &str, e: std::io::Error) -> Fail {
 type Outcome = Result<u8, Fail>;
 
 fn main() -> ExitCode {
+    // `kvctl torture` runs kvctl itself as the writer it kills.
+    if let Some(result) = mapkv::torture::child_from_env() {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kvctl: torture child: {e}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        };
+    }
     let cli = Cli::parse();
     if let Command::Completions(a) = &cli.cmd {
         let mut script = Vec::new();
@@ -146,9 +160,14 @@ fn main() -> ExitCode {
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return ExitCode::SUCCESS;
     }
-    let Some(db) = cli.db else {
-        eprintln!("kvctl: no store given: use --db PATH or set MAPKV_DB");
-        return ExitCode::from(EXIT_USAGE);
+    // Commands that need no store.
+    let db = match (&cli.cmd, cli.db) {
+        (Command::Torture(_) | Command::Bench(_), db) => db.unwrap_or_default(),
+        (_, Some(db)) => db,
+        (_, None) => {
+            eprintln!("kvctl: no store given: use --db PATH or set MAPKV_DB");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     let ctx = Ctx {
         db,
@@ -175,6 +194,8 @@ fn main() -> ExitCode {
         Command::Load(a) => load::run(&ctx, a),
         Command::Watch(a) => watch::run(&ctx, a),
         Command::Readers(a) => readers::run(&ctx, a),
+        Command::Torture(a) => torture::run(&ctx, a),
+        Command::Bench(a) => bench::run(&ctx, a),
         Command::Completions(_) => unreachable!("handled above"),
     };
     match outcome {
