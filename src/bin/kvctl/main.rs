@@ -8,6 +8,7 @@ mod del;
 mod dump;
 mod get;
 mod init;
+mod inspect;
 mod list;
 mod load;
 mod mdb;
@@ -90,6 +91,7 @@ enum Command {
     Readers(readers::Args),
     Torture(torture::Args),
     Bench(bench::Args),
+    Inspect(inspect::Args),
     Completions(CompletionsArgs),
 }
 
@@ -196,6 +198,7 @@ fn main() -> ExitCode {
         Command::Readers(a) => readers::run(&ctx, a),
         Command::Torture(a) => torture::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Completions(_) => unreachable!("handled above"),
     };
     match outcome {
