@@ -21,7 +21,7 @@ pub struct KeysArgs {
     filter: Filter,
 }
 
-/// List keys and values, one pair per line (KEY<TAB>VALUE), in key order.
+/// List keys and values, one pair per line (KEY, a tab, VALUE), in key order.
 ///
 /// Encoded as for `keys`; with --json each line is {"key":…,"value":…}.
 ///
