@@ -110,6 +110,7 @@ mod live;
 mod log;
 mod options;
 mod readers;
+mod salvage;
 #[allow(unsafe_code)]
 pub mod sim;
 #[allow(unsafe_code)]
@@ -127,6 +128,7 @@ pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use inspect::{inspect, Inspection};
 pub use options::{Durability, Options};
 pub use readers::SnapshotInfo;
+pub use salvage::{salvage, SalvageReport};
 pub use store::{CompactReport, Store};
 pub use txn::{Iter, ReadTxn, WriteTxn};
 pub use verify::{Problem, Stats, VerifyReport};

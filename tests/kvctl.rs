@@ -465,3 +465,31 @@ fn inspect_decodes_structures_even_when_the_store_cannot_open() {
     );
     assert_eq!(code(&kvctl(&db, &["inspect", "4096"])), 1);
 }
+
+#[test]
+fn salvage_copies_a_store_that_no_longer_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broken.kv");
+    {
+        let store = mapkv::Store::open(&db).unwrap();
+        store.put(b"a", b"1").unwrap();
+        store.put(b"b", b"2").unwrap();
+        store.close().unwrap();
+    }
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[0] ^= 0xff;
+    bytes[4096] ^= 0xff;
+    std::fs::write(&db, &bytes).unwrap();
+    assert_eq!(code(&kvctl(&db, &["get", "a"])), 4);
+    let out = dir.path().join("rescued.kv");
+    let o = kvctl(&db, &["--json", "salvage", "-o", out.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let r = &json_lines(&o)[0];
+    assert_eq!(
+        (r["keys"].as_u64(), r["newest_seq"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(stdout(&kvctl(&out, &["scan"])), "a\t1\nb\t2\n");
+    // The source is left as it was.
+    assert_eq!(std::fs::read(&db).unwrap(), bytes);
+}

@@ -14,6 +14,7 @@ mod load;
 mod mdb;
 mod put;
 mod readers;
+mod salvage;
 mod stats;
 mod torture;
 mod verify;
@@ -92,6 +93,7 @@ enum Command {
     Torture(torture::Args),
     Bench(bench::Args),
     Inspect(inspect::Args),
+    Salvage(salvage::Args),
     Completions(CompletionsArgs),
 }
 
@@ -199,6 +201,7 @@ fn main() -> ExitCode {
         Command::Torture(a) => torture::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
+        Command::Salvage(a) => salvage::run(&ctx, a),
         Command::Completions(_) => unreachable!("handled above"),
     };
     match outcome {
