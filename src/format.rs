@@ -229,6 +229,21 @@ pub struct NextBody {
 pub const NEXT_BODY_SIZE: usize = 16;
 const _: () = assert!(std::mem::size_of::<NextBody>() == NEXT_BODY_SIZE);
 
+impl RecordHeader {
+    /// The key length this header implies and whether its lengths fit its
+    /// kind; `None` for an unknown kind.
+    pub fn lengths(&self) -> Option<(usize, bool)> {
+        let (field, val_len) = (self.key_len_m1.get() as usize, self.val_len.get() as usize);
+        Some(match self.kind {
+            KIND_PUT => (field + 1, val_len <= MAX_VALUE_LEN),
+            KIND_DELETE => (field + 1, val_len == 0),
+            KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
+            KIND_NEXT => (0, field == 0 && val_len == NEXT_BODY_SIZE),
+            _ => return None,
+        })
+    }
+}
+
 /// Bytes a record occupies in the log, padding included.
 pub fn record_size(key_len: usize, val_len: usize) -> u64 {
     align8((HEADER_SIZE + key_len + val_len) as u64)

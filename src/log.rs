@@ -85,14 +85,8 @@ pub(crate) fn read_header(map: &Mapping, off: u64, end: u64) -> Result<Record, I
         .bytes(off, HEADER_SIZE as u64)
         .ok_or(Invalid::OutOfBounds)?;
     let h: RecordHeader = bytemuck::pod_read_unaligned(bytes);
-    let (field, val_len) = (h.key_len_m1.get() as usize, h.val_len.get() as usize);
-    let (key_len, lengths_ok) = match h.kind {
-        KIND_PUT => (field + 1, val_len <= MAX_VALUE_LEN),
-        KIND_DELETE => (field + 1, val_len == 0),
-        KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
-        KIND_NEXT => (0, field == 0 && val_len == NEXT_BODY_SIZE),
-        k => return Err(Invalid::BadKind(k)),
-    };
+    let val_len = h.val_len.get() as usize;
+    let (key_len, lengths_ok) = h.lengths().ok_or(Invalid::BadKind(h.kind))?;
     if !lengths_ok {
         return Err(Invalid::BadLengths);
     }

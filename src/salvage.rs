@@ -223,14 +223,8 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
 /// `None`: not record-shaped here. `Some(Err)`: record-shaped but its CRC
 /// fails. `Some(Ok)`: a record.
 fn check_record(src: &Source, off: u64, h: &RecordHeader) -> Option<Result<Found, ()>> {
-    let (field, val_len) = (h.key_len_m1.get() as usize, h.val_len.get() as usize);
-    let (key_len, shape_ok) = match h.kind {
-        KIND_PUT => (field + 1, val_len <= MAX_VALUE_LEN),
-        KIND_DELETE => (field + 1, val_len == 0),
-        KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
-        KIND_NEXT => (0, field == 0 && val_len == NEXT_BODY_SIZE),
-        _ => return None,
-    };
+    let val_len = h.val_len.get() as usize;
+    let (key_len, shape_ok) = h.lengths()?;
     if !shape_ok || h.seq.get() == 0 || h.flags != 0 {
         return None;
     }
