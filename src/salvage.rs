@@ -33,8 +33,8 @@ pub struct SalvageReport {
     pub lost_commits: Vec<(u64, u64)>,
     /// Keys written to the new store.
     pub keys: u64,
-    /// Spots that looked like a record (kind and lengths) but failed their
-    /// checksum.
+    /// Records that failed their checksum where the log runs (right after
+    /// an intact record).
     pub damaged_records: u64,
     /// Keys that a lost commit may have changed (its surviving records
     /// name them): their value in the new store may be older than the
@@ -106,6 +106,11 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
     let mut window_at = u64::MAX;
     let mut window: Vec<u8> = Vec::new();
     let mut off = DATA_START;
+    // Where the last record found ends: a damaged record counts only when
+    // it starts there, inside a run of log. Elsewhere (index tables, free
+    // space, the inside of a damaged value) record-shaped bytes with a bad
+    // checksum are noise, not lost data.
+    let mut last_end = DATA_START;
     while off + HEADER_SIZE as u64 <= len {
         if off < window_at || off + HEADER_SIZE as u64 > window_at + window.len() as u64 {
             window_at = off;
@@ -127,9 +132,11 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
                 }
                 found.insert(off, f);
                 off += record_size(f.key_len, f.val_len);
+                last_end = off;
                 continue;
             }
-            Some(Err(())) => report.damaged_records += 1,
+            Some(Err(())) if off == last_end => report.damaged_records += 1,
+            Some(Err(())) => {}
             None => {}
         }
         off += 8;
