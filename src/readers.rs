@@ -68,11 +68,10 @@ pub struct SnapshotInfo {
 #[derive(Default)]
 pub(crate) struct Scan {
     pub snapshots: Vec<SnapshotInfo>,
-    /// Chunks of dead processes cleared by this look.
+    /// Chunks of dead processes cleared by this look (one that this
+    /// handle cannot clear — it cannot write the file, or another process
+    /// is clearing it — is only skipped).
     pub cleared: u32,
-    /// Chunks of dead processes this handle could not clear (it cannot
-    /// write the file, or another process is clearing them).
-    pub dead: u32,
 }
 
 /// A slot this handle owns, holding one open snapshot.
@@ -257,8 +256,6 @@ pub(crate) fn scan(backend: &dyn Backend, map: &Mapping, reg: &Registry) -> Scan
                 clear_chunk(map, chunk);
                 let _ = backend.lock(LockId::Chunk(chunk), LockMode::Unlock, false);
                 out.cleared += 1;
-            } else {
-                out.dead += 1;
             }
             continue;
         }

@@ -90,6 +90,14 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
             std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         ));
     }
+    // The file ended where the scan had seen bytes: it shrank under us.
+    let short = |op: &str| {
+        io(
+            src,
+            op,
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        )
+    };
     let file = File::open(src).map_err(|e| io(src, "open the file", e))?;
     let len = file
         .metadata()
@@ -115,13 +123,7 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
         if off < window_at || off + HEADER_SIZE as u64 > window_at + window.len() as u64 {
             window_at = off;
             let n = WINDOW.min(len - off) as usize;
-            window = source.read(off, n).ok_or_else(|| {
-                io(
-                    src,
-                    "read",
-                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                )
-            })?;
+            window = source.read(off, n).ok_or_else(|| short("read"))?;
         }
         let at = (off - window_at) as usize;
         let h: RecordHeader = bytemuck::pod_read_unaligned(&window[at..at + HEADER_SIZE]);
@@ -170,13 +172,7 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
             let f = found[&r];
             let key = source
                 .read(r + HEADER_SIZE as u64, f.key_len)
-                .ok_or_else(|| {
-                    io(
-                        src,
-                        "read a key",
-                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                    )
-                })?;
+                .ok_or_else(|| short("read a key"))?;
             state.insert(key, (f.kind == KIND_PUT).then_some((r, f)));
         }
     }
@@ -206,13 +202,7 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
         let Some((r, f)) = v else { continue };
         let value = source
             .read(r + (HEADER_SIZE + f.key_len) as u64, f.val_len)
-            .ok_or_else(|| {
-                io(
-                    src,
-                    "read a value",
-                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                )
-            })?;
+            .ok_or_else(|| short("read a value"))?;
         tx.put(key, &value)?;
         report.keys += 1;
         in_batch += 1;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{io_fail, Ctx, Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// A quick benchmark on a scratch store: fill (durable batches of 1,000),
 /// random reads, and durable single-put commits; ops/s and latency
@@ -51,8 +51,7 @@ fn percentiles(lat: &mut [Duration]) -> (f64, f64, f64) {
 
 pub fn run(ctx: &Ctx, a: Args) -> Outcome {
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("kvctl-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| io_fail(&dir.display().to_string(), e))?;
+    let dir = crate::scratch_dir(&base, "bench")?;
     let result = bench(ctx, &a, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -46,11 +46,7 @@ pub enum Format {
 pub fn run(ctx: &Ctx, a: Args) -> Outcome {
     let store = open_for_reading(&ctx.db)?;
     let snap = store.begin_read()?;
-    let mut entries: Vec<(&[u8], &[u8])> = Vec::with_capacity(snap.len() as usize);
-    for kv in snap.iter() {
-        entries.push(kv?);
-    }
-    entries.sort_unstable_by_key(|&(k, _)| k);
+    let entries = crate::list::sorted_entries(&snap, &[])?;
     let (mut w, name): (Box<dyn Write>, String) = match &a.out {
         Some(p) => (
             Box::new(std::fs::File::create(p).map_err(|e| io_fail(&p.display().to_string(), e))?),

@@ -51,6 +51,23 @@ pub fn scan(ctx: &Ctx, a: ScanArgs) -> Outcome {
     list(ctx, &a.filter, true)
 }
 
+/// The entries of `snap` whose key starts with `prefix`, in key order
+/// (the snapshot's own order is the hash table's).
+pub fn sorted_entries<'t>(
+    snap: &'t mapkv::ReadTxn<'_>,
+    prefix: &[u8],
+) -> mapkv::Result<Vec<(&'t [u8], &'t [u8])>> {
+    let mut entries = Vec::new();
+    for kv in snap.iter() {
+        let (k, v) = kv?;
+        if k.starts_with(prefix) {
+            entries.push((k, v));
+        }
+    }
+    entries.sort_unstable_by_key(|&(k, _)| k);
+    Ok(entries)
+}
+
 fn list(ctx: &Ctx, f: &Filter, values: bool) -> Outcome {
     let prefix = match &f.prefix {
         Some(p) => ctx.key(p)?,
@@ -58,14 +75,7 @@ fn list(ctx: &Ctx, f: &Filter, values: bool) -> Outcome {
     };
     let store = open_for_reading(&ctx.db)?;
     let snap = store.begin_read()?;
-    let mut entries: Vec<(&[u8], &[u8])> = Vec::new();
-    for kv in snap.iter() {
-        let (k, v) = kv?;
-        if k.starts_with(&prefix) {
-            entries.push((k, v));
-        }
-    }
-    entries.sort_unstable_by_key(|&(k, _)| k);
+    let mut entries = sorted_entries(&snap, &prefix)?;
     entries.truncate(f.limit.unwrap_or(usize::MAX));
     let mut out = crate::Out::stdout();
     for (k, v) in entries {

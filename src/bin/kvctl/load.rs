@@ -66,19 +66,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
     // A store error inside the format readers' callbacks comes back out
     // as itself, not as text.
     let mut failed: Option<Fail> = None;
+    let mut each = |k: Vec<u8>, v: Vec<u8>| {
+        put(k, v).map_err(|e| {
+            failed = Some(e);
+            String::new()
+        })
+    };
     let parsed = match a.format {
-        Format::Jsonl => read_jsonl(input, |k, v| {
-            put(k, v).map_err(|e| {
-                failed = Some(e);
-                String::new()
-            })
-        }),
-        Format::Mdb => mdb::read(input, |k, v| {
-            put(k, v).map_err(|e| {
-                failed = Some(e);
-                String::new()
-            })
-        }),
+        Format::Jsonl => read_jsonl(input, &mut each),
+        Format::Mdb => mdb::read(input, &mut each),
     };
     bar.finish_and_clear();
     if let Some(e) = failed {

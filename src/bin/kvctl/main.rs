@@ -299,3 +299,11 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// A new, empty directory `kvctl-NAME-PID` under `base` for a scratch
+/// store (`bench`, `torture`); the caller removes it.
+pub fn scratch_dir(base: &Path, name: &str) -> Result<PathBuf, Fail> {
+    let dir = base.join(format!("kvctl-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| io_fail(&dir.display().to_string(), e))?;
+    Ok(dir)
+}

@@ -40,8 +40,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let dir = std::env::temp_dir().join(format!("kvctl-torture-{}-{seed}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| crate::io_fail(&dir.display().to_string(), e))?;
+    let dir = crate::scratch_dir(&std::env::temp_dir(), &format!("torture-{seed}"))?;
     let db = dir.join("torture.kv");
     let exe = std::env::current_exe().map_err(|e| crate::io_fail("find kvctl itself", e))?;
     let started = Instant::now();
