@@ -67,7 +67,7 @@ impl<'t> Changes<'t> {
         st: &State,
         from: u64,
     ) -> Result<Changes<'t>> {
-        let oldest = shared.oldest_history();
+        let oldest = st.history_seq;
         if from < oldest {
             return Err(Error::HistoryReclaimed {
                 path: shared.path.clone(),
@@ -117,6 +117,15 @@ impl<'t> Changes<'t> {
                 KIND_COMMIT => return Ok(order),
                 KIND_NEXT => {
                     pos = rec.next_body(map).map_or(0, |b| b.offset.get());
+                    continue;
+                }
+                // Compaction's copies and retirements change no value.
+                KIND_RETIRE => {
+                    pos += rec.size();
+                    continue;
+                }
+                _ if rec.moved() => {
+                    pos += rec.size();
                     continue;
                 }
                 _ => {}

@@ -21,6 +21,7 @@ use crate::live::{self, State};
 use crate::log::{self, Cursor, ExtentRules, Record, ScannedCommit};
 use crate::options::{Durability, Options};
 use crate::readers::{self, RegisterError, Registry, Slot};
+use crate::space::{Space, Use};
 use crate::storage::{Backend, LockId, LockMode, Mapping};
 use bytemuck::Zeroable;
 
@@ -28,10 +29,19 @@ use bytemuck::Zeroable;
 /// write transaction once this much log was committed since the last one.
 /// It bounds how much log recovery replays after a crash.
 pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
+/// Retired extents are reused only after a checkpoint: take one early once
+/// this much (or a 32nd of the file) waits for it.
+const RECLAIM_CHECKPOINT_MIN: u64 = 1 << 20;
 /// The file grows by a quarter of its size, within these bounds, rounded up
 /// to `MIN_GROWTH`: few growths (each costs an `fdatasync`), little slack.
 const MIN_GROWTH: u64 = 1 << 20;
 const MAX_GROWTH: u64 = 256 << 20;
+/// Index slots moved per commit while the index moves to a new table: at
+/// least `MIGRATE_MIN`, and `MIGRATE_PER_KEY` per key the commit writes,
+/// so the move always ends before the new table could fill (it starts at
+/// most half full).
+const MIGRATE_MIN: u64 = 1024;
+const MIGRATE_PER_KEY: u64 = 4;
 
 /// What every handle of one store shares: the backend, the current mapping
 /// and the writer's state.
@@ -42,6 +52,10 @@ pub(crate) struct Shared {
     remap: Mutex<()>,
     pub seed: u64,
     pub durability: Durability,
+    /// Compaction runs inside commits (`Options::auto_compact`), once this
+    /// fraction of the sealed log is dead.
+    pub auto_compact: bool,
+    pub compact_threshold: f64,
     /// A read-only handle that found no live header: the snapshot it shows
     /// is the clean checkpoint in the meta page, until a writer sets up a
     /// live header (`try_join`).
@@ -66,6 +80,10 @@ pub(crate) struct Writer {
     pub full_flush: bool,
     /// A flush failed: refuse writes until reopened (`Error::Poisoned`).
     pub poisoned: bool,
+    /// The extent table as of `state` (published with it).
+    pub space: Space,
+    /// `space` changed since it was last written to a working copy.
+    pub space_dirty: bool,
 }
 
 pub(crate) fn io_error(path: &Path, op: impl Into<String>, source: io::Error) -> Error {
@@ -92,6 +110,14 @@ impl State {
         }
     }
 
+    /// The table the index is moving from, while it moves.
+    pub(crate) fn old_table(&self) -> Option<Table> {
+        (self.old_index_log2 != 0).then_some(Table {
+            off: self.old_index_off,
+            log2: self.old_index_log2 as u32,
+        })
+    }
+
     fn cursor(&self) -> Cursor {
         Cursor {
             pos: self.tail,
@@ -116,10 +142,17 @@ impl State {
             ckpt_log_bytes: m.log_bytes.get(),
             meta_gen: m.generation.get(),
             meta_clean: m.is_clean() as u64,
+            old_index_off: m.old_index_offset.get(),
+            old_index_log2: m.old_index_log2.get() as u64,
+            migrate_next: m.migrate_next.get(),
+            migrate_left: m.migrate_left.get(),
+            ckpt_seq: m.seq.get(),
+            history_seq: m.history_seq.get(),
+            ..State::default()
         }
     }
 
-    fn to_meta(self, seed: u64, generation: u64, clean: bool) -> Meta {
+    fn to_meta(self, seed: u64, generation: u64, clean: bool, space: SpaceRef) -> Meta {
         let mut m = Meta::zeroed();
         m.magic = MAGIC;
         m.version = Le32::new(FORMAT_VERSION);
@@ -139,6 +172,14 @@ impl State {
         m.key_count = Le64::new(self.key_count);
         m.live_bytes = Le64::new(self.live_bytes);
         m.log_bytes = Le64::new(self.log_bytes);
+        m.old_index_offset = Le64::new(self.old_index_off);
+        m.old_index_log2 = Le32::new(self.old_index_log2 as u32);
+        m.migrate_next = Le64::new(self.migrate_next);
+        m.space_at = Le64::new(space.at);
+        m.space_count = Le32::new(space.count);
+        m.space_crc = Le32::new(space.crc);
+        m.history_seq = Le64::new(self.history_seq);
+        m.migrate_left = Le64::new(self.migrate_left);
         m.seal();
         m
     }
@@ -174,8 +215,26 @@ impl State {
         if self.index_used > t.cap() {
             return bad("index claims more used slots than it has");
         }
+        if let Some(o) = self.old_table() {
+            let inside = o.off % PAGE_SIZE == 0
+                && o.off >= DATA_START
+                && o.off.checked_add(o.bytes()).is_some_and(|e| e <= self.alloc_end)
+                && o.log2 <= 40
+                && self.migrate_next <= o.cap();
+            if !inside {
+                return bad("old index table outside the file");
+            }
+        }
         Ok(())
     }
+}
+
+/// Where a checkpoint's extent table was written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpaceRef {
+    pub at: u64,
+    pub count: u32,
+    pub crc: u32,
 }
 
 /// Reads both meta pages and picks the newest valid one.
@@ -337,6 +396,8 @@ impl Shared {
             remap: Mutex::new(()),
             seed: meta.hash_seed.get(),
             durability: opts.durability,
+            auto_compact: opts.auto_compact,
+            compact_threshold: opts.compact_threshold,
             offline: None,
             offline_incarnation: 0,
             joined: AtomicBool::new(false),
@@ -346,6 +407,8 @@ impl Shared {
                 unsynced: Vec::new(),
                 full_flush: false,
                 poisoned: false,
+                space: Space::default(),
+                space_dirty: false,
             }),
             backend,
         };
@@ -355,22 +418,28 @@ impl Shared {
             None
         };
         if writable {
-            let state = match live_state {
-                Some(st) => st,
+            let (state, space) = match live_state {
+                // The extent table is read under the writer lock, the first
+                // time this handle writes (a publish may be rewriting the
+                // copy an older state names): a state no publish has
+                // makes `refresh_writer` load it.
+                Some(_) => (State::default(), Space::default()),
                 None if locked_writer => {
-                    let st = shared.recover(&meta)?;
-                    live::init(&shared.map.load(), &st);
-                    st
+                    let (mut st, space) = shared.recover(&meta)?;
+                    let map = shared.map.load();
+                    let (n, _) = space.store(&map, SPACE_WORKING[0], false);
+                    st.space_at = 0;
+                    st.space_n = n as u64;
+                    live::init(&map, &st);
+                    (st, space)
                 }
                 None => {
                     return Err(corrupted(&path, LIVE_OFFSET, "live header never settles"));
                 }
             };
-            shared
-                .writer
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .state = state;
+            let w = shared.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+            w.state = state;
+            w.space = space;
             shared.lock(LockId::Live, LockMode::Shared, true)?;
             shared.joined = AtomicBool::new(true);
             if locked_writer {
@@ -422,6 +491,51 @@ impl Shared {
         );
         self.map.store(m.clone());
         Ok(m)
+    }
+
+    /// The extent table published with `st` (in the working copy it
+    /// names). Exact under the writer lock; without it, a writer may be
+    /// rewriting that copy (two publishes later), so `space_of` checks.
+    pub(crate) fn working_space(&self, map: &Mapping, st: &State) -> Result<Space> {
+        let at = SPACE_WORKING[(st.space_at & 1) as usize];
+        Space::load(map, at, st.space_n, None, st.alloc_end)
+            .map_err(|why| self.corrupted(at, format!("live extent table: {why}")))
+    }
+
+    /// The newest state and the extent table that goes with it: the
+    /// working copy it names, or for a handle showing a checkpoint
+    /// (offline), the checkpoint's. Read without the writer lock, so
+    /// seqlock style: a writer rewrites a copy only two publishes later.
+    pub(crate) fn space_of(&self, map: &Mapping) -> Result<(State, Space)> {
+        if !self.joined.load(Ordering::Acquire) && !self.try_join()? {
+            let meta = pick_meta(&self.path, map)?;
+            return Ok((self.current()?, self.checkpoint_space(map, &meta)?));
+        }
+        for _ in 0..1000 {
+            let gen = live::generation(map);
+            let cur = self.current()?;
+            let space = self.working_space(map, &cur);
+            if live::generation(map) == gen {
+                return Ok((cur, space?));
+            }
+            std::thread::yield_now();
+        }
+        Err(self.corrupted(LIVE_OFFSET, "live extent table never settles"))
+    }
+
+    /// Publishes `st` (and the extent table, if it changed) to every
+    /// reader: the table goes to the working copy the current state does
+    /// not name, then one publish makes both current.
+    pub(crate) fn publish(&self, w: &mut Writer, map: &Mapping, st: &mut State) {
+        if w.space_dirty {
+            let at = 1 - (st.space_at & 1);
+            let (n, _) = w.space.store(map, SPACE_WORKING[at as usize], false);
+            st.space_at = at;
+            st.space_n = n as u64;
+            w.space_dirty = false;
+        }
+        live::publish(map, st);
+        w.state = *st;
     }
 
     /// The newest committed state: from the live header, or for a handle
@@ -529,12 +643,6 @@ impl Shared {
         self.joined.load(Ordering::Acquire) && self.backend.shared_writable()
     }
 
-    /// The oldest seq whose later changes the log still holds: this
-    /// version never reclaims log space, so every commit since the first.
-    pub(crate) fn oldest_history(&self) -> u64 {
-        0
-    }
-
     /// The current mapping (any mapping covers the fixed pages).
     pub(crate) fn head_map(&self) -> Arc<Mapping> {
         self.map.load_full()
@@ -599,22 +707,25 @@ impl Shared {
         Ok(Some(rec))
     }
 
-    /// The newest version of `key` in `table`, if any.
+    /// The newest version of `key` in the index of `st`, if any: while the
+    /// index moves, in the new table, else in the old one.
     pub(crate) fn head(
         &self,
         map: &Mapping,
         recs: &impl Records,
-        table: Table,
+        st: &State,
         key: &[u8],
     ) -> Result<Option<Record>> {
         let hash = hash_key(self.seed, key);
-        match table
-            .probe(map, recs, hash, key)
-            .map_err(|b| self.bad_slot(b))?
-        {
-            Probe::Found { head, .. } => Ok(Some(head)),
-            Probe::Vacant { .. } => Ok(None),
+        for table in [Some(st.table()), st.old_table()].into_iter().flatten() {
+            if let Probe::Found { head, .. } = table
+                .probe(map, recs, hash, key)
+                .map_err(|b| self.bad_slot(b))?
+            {
+                return Ok(Some(head));
+            }
         }
+        Ok(None)
     }
 
     /// The value of `key` in the snapshot `st` whose mapping is `map`.
@@ -629,7 +740,7 @@ impl Shared {
             shared: self,
             base: map,
         };
-        let Some(head) = self.head(map, &recs, st.table(), key)? else {
+        let Some(head) = self.head(map, &recs, st, key)? else {
             return Ok(None);
         };
         Ok(self
@@ -679,26 +790,38 @@ impl Shared {
             return Ok(());
         }
         self.flush_unsynced(w, map, &mut st, &[])?;
-        live::publish(map, &st);
-        w.state = st;
+        self.publish(w, map, &mut st);
         Ok(())
     }
 
-    /// Hands out `size` bytes (page-aligned) at the end of the allocated
-    /// space, growing the file first if needed. On `ENOSPC` nothing changed.
+    /// Hands out `size` bytes (page-aligned): the lowest free range that
+    /// fits, else space at the end of the allocated area, growing the file
+    /// first if needed. The range is listed in `space` as `use_` (`None`:
+    /// an index table, which the state names instead). On `ENOSPC`
+    /// nothing changed.
     pub(crate) fn allocate(
         &self,
         map: &mut Arc<Mapping>,
         st: &mut State,
+        space: &mut Space,
         size: u64,
+        use_: Option<Use>,
     ) -> Result<u64> {
+        let size = align_page(size);
+        let full = || Error::StoreFull {
+            path: self.path.clone(),
+        };
+        if space.list.len() + 2 > SPACE_ENTRIES {
+            return Err(full());
+        }
+        if let Some(off) = space.take_free(size, use_) {
+            return Ok(off);
+        }
         let off = align_page(st.alloc_end);
         let end = off
-            .checked_add(align_page(size))
+            .checked_add(size)
             .filter(|&e| e <= MAX_FILE_LEN)
-            .ok_or_else(|| Error::StoreFull {
-                path: self.path.clone(),
-            })?;
+            .ok_or_else(full)?;
         if end > st.file_len {
             let step = (st.file_len / 4).clamp(MIN_GROWTH, MAX_GROWTH);
             let want = end.max(st.file_len + step);
@@ -710,28 +833,43 @@ impl Shared {
             *map = self.map_covering(new_len)?;
         }
         st.alloc_end = end;
+        if let Some(u) = use_ {
+            space.insert(off, size, u);
+        }
         Ok(off)
     }
 
-    /// Makes room in the index for `extra` new keys, moving to a table
-    /// twice as large (or more) when the load limit would be passed.
-    ///
-    /// The new table is built in fresh space and only then named in the
-    /// state, so readers of the old one and a crash in between both see a
-    /// complete table. The old table is left as it was (readers whose
-    /// snapshot names it keep using it).
+    /// Makes room in the index for `extra` new keys. When the table would
+    /// pass its load limit, or holds more deleted keys than live ones, a
+    /// new table (sized for the live keys at half load) is allocated and
+    /// zeroed, and the index starts moving to it: `migrate` moves a bounded
+    /// number of slots per commit, and lookups meanwhile try the new table
+    /// first, then the old one (docs/DESIGN.md, "Index growth").
     pub(crate) fn ensure_index(
         &self,
         map: &mut Arc<Mapping>,
         st: &mut State,
+        space: &mut Space,
         extra: u64,
+        seq: u64,
     ) -> Result<()> {
-        let old = st.table();
-        if old.fits(st.index_used, extra) {
+        if st.old_table().is_some() {
+            if st.table().fits(st.index_used + st.migrate_left, extra) {
+                return Ok(());
+            }
+            // The new table would fill before the move ends: end it now.
+            self.migrate(map, st, space, u64::MAX, seq)?;
+        }
+        let t = st.table();
+        let deleted = st.index_used.saturating_sub(st.key_count);
+        let grow = !t.fits(st.index_used, extra);
+        let clean = t.log2 > MIN_INDEX_LOG2 && deleted > t.cap() / 4 && deleted > st.key_count;
+        if !grow && !clean {
             return Ok(());
         }
-        let mut log2 = old.log2 + 1;
-        while !(Table { off: 0, log2 }).fits(st.index_used, extra) {
+        let keys = st.key_count + extra;
+        let mut log2 = MIN_INDEX_LOG2;
+        while (1u64 << log2) < keys.saturating_mul(2) {
             log2 += 1;
         }
         if log2 > 40 {
@@ -740,64 +878,109 @@ impl Shared {
             });
         }
         let bytes = 8u64 << log2;
-        let off = self.allocate(map, st, bytes)?;
-        // Allocated space may hold bytes of an aborted transaction.
+        let off = self.allocate(map, st, space, bytes, None)?;
+        // Allocated space may hold bytes of an aborted transaction or of
+        // a reclaimed extent.
         zero(map, off, bytes);
-        let new = Table { off, log2 };
-        for i in 0..old.cap() {
+        st.old_index_off = st.index_off;
+        st.old_index_log2 = st.index_log2;
+        st.migrate_next = 0;
+        st.migrate_left = st.key_count;
+        st.index_off = off;
+        st.index_log2 = log2 as u64;
+        st.index_used = 0;
+        Ok(())
+    }
+
+    /// Moves up to `budget` slots of the old table into the new one, in
+    /// slot order; the move ends (and the old table is retired by commit
+    /// `seq`) after its last slot. A key already in the new table (written
+    /// since the move began) stays as it is; a deleted key is dropped: no
+    /// snapshot that reads only the new table can see its older versions.
+    /// Deterministic, so replay makes the same moves at the same commits.
+    fn migrate(
+        &self,
+        map: &Mapping,
+        st: &mut State,
+        space: &mut Space,
+        budget: u64,
+        seq: u64,
+    ) -> Result<()> {
+        let Some(old) = st.old_table() else {
+            return Ok(());
+        };
+        let new = st.table();
+        let end = old.cap().min(st.migrate_next.saturating_add(budget));
+        for i in st.migrate_next..end {
             let v = old.load(map, i);
             if v == SLOT_EMPTY {
                 continue;
             }
-            let rec = self.header(map, slot_offset(v), "index slot target")?;
-            let hash = hash_key(self.seed, rec.key(map));
-            if !new.insert_new(map, hash, v) {
-                return Err(self.corrupted(old.off, "index has more keys than slots"));
+            let h = self.header(map, slot_offset(v), "old index slot target")?;
+            if !matches!(h.kind, KIND_PUT | KIND_DELETE) {
+                return Err(self.corrupted(old.slot_off(i), "old index slot names a non-key record"));
+            }
+            let key = h.key(map);
+            let hash = hash_key(self.seed, key);
+            let probe = new.probe(map, map, hash, key).map_err(|b| self.bad_slot(b))?;
+            if let (Probe::Vacant { slot }, KIND_PUT) = (probe, h.kind) {
+                new.store(map, slot, v);
+                st.index_used += 1;
+            }
+            if h.kind == KIND_PUT {
+                st.migrate_left = st.migrate_left.saturating_sub(1);
             }
         }
-        st.index_off = off;
-        st.index_log2 = log2 as u64;
+        st.migrate_next = end;
+        if end == old.cap() {
+            space.insert(old.off, old.bytes(), Use::Retired { seq });
+            st.old_index_off = 0;
+            st.old_index_log2 = 0;
+            st.migrate_next = 0;
+            st.migrate_left = 0;
+        }
         Ok(())
     }
 
-    /// Size of the version `rec` replaces if that version is a live value
-    /// (0 if there was none or it was a delete).
-    fn replaced_live_size(&self, map: &Mapping, rec: &Record) -> Result<u64> {
+    /// The version `rec` replaces (its `prev`), if any.
+    fn replaced(&self, map: &Mapping, rec: &Record) -> Result<Option<Record>> {
         if rec.prev == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         let prev = self.header(map, rec.prev, "previous version")?;
-        if prev.seq >= rec.seq {
-            return Err(self.corrupted(rec.off, "previous version is not older"));
+        if prev.seq >= rec.seq || !matches!(prev.kind, KIND_PUT | KIND_DELETE) {
+            return Err(self.corrupted(rec.off, "previous version is not an older key record"));
         }
-        Ok(if prev.kind == KIND_PUT {
-            prev.size()
-        } else {
-            0
-        })
+        Ok(Some(prev))
     }
 
     /// Points the index at a commit's records (the newest record of each
-    /// key it wrote) and updates the counters. Used by `commit` after the
-    /// commit is durable, and by recovery for each replayed commit: the two
-    /// cannot disagree about what a commit means.
+    /// key it wrote) and updates the counters; moves some of the index if
+    /// it is moving. Used by `commit` after the commit is durable, and by
+    /// recovery for each replayed commit: the two cannot disagree about
+    /// what a commit means.
     pub(crate) fn apply(
         &self,
         map: &mut Arc<Mapping>,
         st: &mut State,
+        space: &mut Space,
         finals: &[(u64, Record)],
+        seq: u64,
     ) -> Result<()> {
         let extra = finals
             .iter()
             .filter(|(_, r)| r.kind == KIND_PUT && r.prev == 0)
             .count() as u64;
-        self.ensure_index(map, st, extra)?;
+        self.ensure_index(map, st, space, extra, seq)?;
+        let budget = MIGRATE_MIN.max(MIGRATE_PER_KEY * finals.len() as u64);
+        self.migrate(map, st, space, budget, seq)?;
         let table = st.table();
         for &(hash, rec) in finals {
             if rec.kind == KIND_DELETE && rec.prev == 0 {
                 continue; // deleted a key that no commit had: nothing to index
             }
-            let replaced = self.replaced_live_size(map, &rec)?;
+            let prev = self.replaced(map, &rec)?;
+            let replaced = prev.filter(|p| p.kind == KIND_PUT).map_or(0, |p| p.size());
             let slot = match table
                 .probe(map, &**map, hash, rec.key(map))
                 .map_err(|b| self.bad_slot(b))?
@@ -809,7 +992,11 @@ impl Shared {
                 }
             };
             table.store(map, slot, slot_encode(rec.off, hash));
+            if replaced > 0 {
+                space.add_live(rec.prev, -(replaced as i64));
+            }
             if rec.kind == KIND_PUT {
+                space.add_live(rec.off, rec.size() as i64);
                 st.key_count += (replaced == 0) as u64;
                 st.live_bytes = (st.live_bytes + rec.size()).saturating_sub(replaced);
             } else if replaced > 0 {
@@ -820,16 +1007,38 @@ impl Shared {
         Ok(())
     }
 
+    /// Marks the extents a commit retires (compaction copied every record
+    /// in them that was the newest version of its key). Commits whose
+    /// records were there are no longer listed by `changes_since`.
+    pub(crate) fn retire(&self, st: &mut State, space: &mut Space, retired: &[(u64, u64)], seq: u64) {
+        for &(off, len) in retired {
+            if let Some(last) = space.retire(off, seq) {
+                st.history_seq = st.history_seq.max(last);
+                st.retired_total += len;
+                st.last_compact_seq = seq;
+            }
+            if st.victim_off == off {
+                st.victim_off = 0;
+                st.victim_pos = 0;
+            }
+        }
+    }
+
     /// Applies a commit found in the log by recovery.
     fn apply_scanned(
         &self,
         map: &mut Arc<Mapping>,
         st: &mut State,
+        space: &mut Space,
         c: &ScannedCommit,
     ) -> Result<()> {
         let mut last: HashMap<&[u8], usize> = HashMap::new();
         let mut finals: Vec<(u64, Record)> = Vec::new();
+        let mut moved = 0;
         for rec in &c.records {
+            if rec.moved() {
+                moved += rec.size();
+            }
             let key = rec.key(map);
             match last.get(key) {
                 Some(&i) => finals[i].1 = *rec,
@@ -840,7 +1049,9 @@ impl Shared {
             }
         }
         drop(last);
-        self.apply(map, st, &finals)?;
+        self.apply(map, st, space, &finals, c.seq)?;
+        self.retire(st, space, &c.retired, c.seq);
+        st.moved_total += moved;
         st.seq = c.seq;
         st.tail = c.after.pos;
         st.tail_end = c.after.end;
@@ -851,9 +1062,10 @@ impl Shared {
     /// Every complete commit in the log after `st`'s tail.
     fn scan_tail(&self, map: &Mapping, st: &State) -> Vec<ScannedCommit> {
         let t = st.table();
+        let o = st.old_table().unwrap_or(Table { off: 0, log2: 0 });
         let rules = ExtentRules {
             file_len: st.file_len.min(map.len()),
-            forbidden: (t.off, t.off + t.bytes()),
+            forbidden: [(t.off, t.off + t.bytes()), (o.off, o.off + o.bytes())],
         };
         let mut out: Vec<ScannedCommit> = Vec::new();
         let mut cur = st.cursor();
@@ -866,44 +1078,95 @@ impl Shared {
         out
     }
 
+    /// The extent table a checkpoint names, checked.
+    fn checkpoint_space(&self, map: &Mapping, meta: &Meta) -> Result<Space> {
+        let at = meta.space_at.get();
+        let meta_at = META_OFFSETS[(meta.generation.get() % 2) as usize];
+        if !SPACE_CHECKPOINT.contains(&at) {
+            return Err(self.corrupted(meta_at, format!("meta page: extent table at {at}")));
+        }
+        Space::load(
+            map,
+            at,
+            meta.space_count.get() as u64,
+            Some(meta.space_crc.get()),
+            meta.alloc_end.get(),
+        )
+        .map_err(|why| self.corrupted(at, format!("checkpoint extent table: {why}")))
+    }
+
     /// Recovery from the newest checkpoint (the meta page), when no live
     /// header can be trusted: after a reboot, a power loss, or when every
     /// handle of the store has closed. See docs/DESIGN.md, "Recovery".
-    fn recover(&self, meta: &Meta) -> Result<State> {
+    fn recover(&self, meta: &Meta) -> Result<(State, Space)> {
         let mut map = self.map.load_full();
         let mut st = State::from_meta(meta, map.len());
+        let mut space = self.checkpoint_space(&map, meta)?;
         let commits = self.scan_tail(&map, &st);
         if !meta.is_clean() {
             let recovered: HashSet<u64> = commits
                 .iter()
                 .flat_map(|c| c.records.iter().map(|r| r.off))
                 .collect();
-            if self.has_lost_slot(&map, meta, &recovered) {
-                return self.rebuild(meta);
+            if self.has_lost_slot(&map, meta, &space, &recovered) {
+                return self.rebuild(meta, space, commits);
             }
         }
         if !commits.is_empty() {
-            self.settle(&mut self.writer(), &map, &mut st, &commits)?;
-            self.apply_all(&mut map, &mut st, &commits)?;
+            self.settle(&mut self.writer(), &map, &mut st, &mut space, &commits)?;
+            self.apply_all(&mut map, &mut st, &mut space, &commits)?;
         }
-        Ok(st)
+        if !meta.is_clean() {
+            // Replay decides "new slot" from the table it finds, where some
+            // of the lost process's slot writes may already be: count.
+            let t = st.table();
+            st.index_used = (0..t.cap()).filter(|&i| t.load(&map, i) != SLOT_EMPTY).count() as u64;
+        }
+        Ok((st, space))
     }
 
     /// Makes scanned commits durable before the index points at them (they
-    /// may exist only in the page cache of a process that died), and moves
-    /// `alloc_end` past every extent they use so no allocation lands there.
+    /// may exist only in the page cache of a process that died), and lists
+    /// every extent they entered (sealing the one each left), so no
+    /// allocation lands there.
     fn settle(
         &self,
         w: &mut Writer,
         map: &Mapping,
         st: &mut State,
+        space: &mut Space,
         commits: &[ScannedCommit],
     ) -> Result<()> {
         self.flush(w, map, 0, map.len())?;
+        let mut pos = st.tail;
         for c in commits {
-            st.alloc_end = st.alloc_end.max(c.max_extent_end);
+            for &(off, len) in &c.extents {
+                space.seal(pos, c.seq);
+                self.claim_extent(st, space, off, len)?;
+                pos = off;
+            }
+            pos = c.after.pos;
         }
         Ok(())
+    }
+
+    /// Lists an extent the log entered: carved out of free space, or past
+    /// the allocation end (the gap before it becomes free space).
+    fn claim_extent(&self, st: &mut State, space: &mut Space, off: u64, len: u64) -> Result<()> {
+        let end = off + len;
+        if end > st.alloc_end {
+            let from = st.alloc_end.max(DATA_START);
+            space.insert(from, end - from, Use::Free);
+            st.alloc_end = end;
+        }
+        let fresh = Use::Log {
+            live: 0,
+            sealed: false,
+            last_seq: 0,
+        };
+        space
+            .claim(off, len, Some(fresh), true)
+            .map_err(|why| self.corrupted(off, format!("log extent: {why}")))
     }
 
     /// Applies settled commits in log order.
@@ -911,75 +1174,142 @@ impl Shared {
         &self,
         map: &mut Arc<Mapping>,
         st: &mut State,
+        space: &mut Space,
         commits: &[ScannedCommit],
     ) -> Result<()> {
         for c in commits {
-            self.apply_scanned(map, st, c)?;
+            self.apply_scanned(map, st, space, c)?;
         }
         st.synced_tail = st.tail;
         Ok(())
     }
 
     /// Whether the checkpointed index has a slot naming a record that is
-    /// neither from before the checkpoint nor among the recovered commits:
-    /// an `Eventual` commit's slot that reached the disk while its record
-    /// did not. Only such a slot's old value is unknowable.
-    fn has_lost_slot(&self, map: &Mapping, meta: &Meta, recovered: &HashSet<u64>) -> bool {
-        let table = Table {
+    /// neither in a log extent of the checkpoint nor among the recovered
+    /// commits: an `Eventual` commit's slot that reached the disk while its
+    /// record did not. Only such a slot's old value is unknowable.
+    fn has_lost_slot(
+        &self,
+        map: &Mapping,
+        meta: &Meta,
+        space: &Space,
+        recovered: &HashSet<u64>,
+    ) -> bool {
+        let mut tables = vec![Table {
             off: meta.index_offset.get(),
             log2: meta.index_log2.get(),
-        };
-        let (alloc_end, tail, tail_end) =
-            (meta.alloc_end.get(), meta.tail.get(), meta.tail_end.get());
-        (0..table.cap()).any(|i| {
-            let v = table.load(map, i);
-            if v == SLOT_EMPTY {
-                return false;
-            }
-            let t = slot_offset(v);
-            // Space handed out before the checkpoint, except the unwritten
-            // rest of the tail extent, held only records from before it.
-            let before_checkpoint =
-                t >= DATA_START && t < alloc_end && !(tail..tail_end).contains(&t);
-            !before_checkpoint && !recovered.contains(&t)
+        }];
+        if meta.old_index_log2.get() != 0 {
+            tables.push(Table {
+                off: meta.old_index_offset.get(),
+                log2: meta.old_index_log2.get(),
+            });
+        }
+        let (tail, tail_end) = (meta.tail.get(), meta.tail_end.get());
+        tables.iter().any(|table| {
+            (0..table.cap()).any(|i| {
+                let v = table.load(map, i);
+                if v == SLOT_EMPTY {
+                    return false;
+                }
+                let t = slot_offset(v);
+                // Log extents of the checkpoint, except the unwritten rest
+                // of the tail extent, held only records from before it.
+                let in_log = space
+                    .find(t)
+                    .is_some_and(|i| matches!(space.list[i].use_, Use::Log { .. }));
+                let before_checkpoint = in_log && !(tail..tail_end).contains(&t);
+                !before_checkpoint && !recovered.contains(&t)
+            })
         })
     }
 
-    /// Rebuilds the index from the whole log into a fresh table, then
-    /// checkpoints. The checkpointed table is not touched, so a crash in
-    /// the middle leaves the store as it was and recovery starts over.
-    fn rebuild(&self, meta: &Meta) -> Result<State> {
+    /// Rebuilds the index from the log into a fresh table, then
+    /// checkpoints: the newest record of each key in the checkpoint's log
+    /// extents, then the commits found after it. Neither the checkpointed
+    /// tables nor its extent table are touched, so a crash in the middle
+    /// leaves the store as it was and recovery starts over.
+    fn rebuild(
+        &self,
+        meta: &Meta,
+        mut space: Space,
+        commits: Vec<ScannedCommit>,
+    ) -> Result<(State, Space)> {
         let mut map = self.map.load_full();
-        let first = State {
-            seq: 0,
-            tail: DATA_START,
-            tail_end: DATA_START + LOG_EXTENT,
-            alloc_end: meta.alloc_end.get(),
-            index_off: meta.index_offset.get(),
-            index_log2: meta.index_log2.get() as u64,
-            file_len: map.len(),
-            meta_gen: meta.generation.get(),
-            ..State::default()
-        };
-        // Every commit of the log, held in memory (this path is rare: a
-        // power cut that lost Eventual commits whose slots were written).
-        let commits = self.scan_tail(&map, &first);
-        let mut st = first;
-        let mut w = self.writer();
-        self.settle(&mut w, &map, &mut st, &commits)?;
-        // A fresh, empty table sized for the keys the checkpoint knew.
-        st.index_used = 0;
-        let want = meta.key_count.get().max(1);
+        let mut st = State::from_meta(meta, map.len());
+        let (seq, tail) = (meta.seq.get(), meta.tail.get());
+        let mut newest: HashMap<&[u8], Record> = HashMap::new();
+        let heads = map.clone();
+        for e in space.list.iter_mut() {
+            let Use::Log { live, .. } = &mut e.use_ else {
+                continue;
+            };
+            *live = 0;
+            let end = if (e.off..e.end()).contains(&tail) {
+                tail
+            } else {
+                e.end()
+            };
+            let mut pos = e.off;
+            while pos < end {
+                let Ok(rec) = log::read_record(&heads, pos, e.end()) else {
+                    break;
+                };
+                if rec.kind == KIND_NEXT || rec.seq > seq {
+                    break;
+                }
+                if matches!(rec.kind, KIND_PUT | KIND_DELETE) {
+                    let slot = newest.entry(rec.key(&heads)).or_insert(rec);
+                    if rec.seq > slot.seq || (rec.seq == slot.seq && rec.off > slot.off) {
+                        *slot = rec;
+                    }
+                }
+                pos += rec.size();
+            }
+        }
+        let keys: Vec<Record> = newest
+            .into_values()
+            .filter(|r| r.kind == KIND_PUT)
+            .collect();
         let mut log2 = MIN_INDEX_LOG2;
-        while !(Table { off: 0, log2 }).fits(0, want) && log2 < 40 {
+        while (1u64 << log2) < (keys.len() as u64).saturating_mul(2) {
             log2 += 1;
         }
-        st.index_off = self.allocate(&mut map, &mut st, 8u64 << log2)?;
+        let mut w = self.writer();
+        // The extents of the commits after the checkpoint are taken before
+        // the new table is placed.
+        self.settle(&mut w, &map, &mut st, &mut space, &commits)?;
+        // The checkpoint's tables become free once the new checkpoint is
+        // written (they are unlisted until then, so nothing lands there).
+        let old_tables: Vec<Table> = [Some(st.table()), st.old_table()].into_iter().flatten().collect();
+        st.index_off = self.allocate(&mut map, &mut st, &mut space, 8u64 << log2, None)?;
         st.index_log2 = log2 as u64;
+        st.old_index_off = 0;
+        st.old_index_log2 = 0;
+        st.migrate_next = 0;
+        st.migrate_left = 0;
         zero(&map, st.index_off, 8u64 << log2);
-        self.apply_all(&mut map, &mut st, &commits)?;
+        let table = st.table();
+        st.index_used = 0;
+        st.key_count = 0;
+        st.live_bytes = 0;
+        for rec in keys {
+            let hash = hash_key(self.seed, rec.key(&map));
+            if !table.insert_new(&map, hash, slot_encode(rec.off, hash)) {
+                return Err(self.corrupted(table.off, "rebuilt index is full"));
+            }
+            st.index_used += 1;
+            st.key_count += 1;
+            st.live_bytes += rec.size();
+            space.add_live(rec.off, rec.size() as i64);
+        }
+        self.apply_all(&mut map, &mut st, &mut space, &commits)?;
+        for t in old_tables {
+            space.insert(t.off, t.bytes(), Use::Retired { seq: st.seq });
+        }
+        w.space = space;
         self.checkpoint(&mut w, &map, &mut st, false)?;
-        Ok(st)
+        Ok((st, std::mem::take(&mut w.space)))
     }
 
     /// Commits found after the published tail: a writer (in any process)
@@ -995,15 +1325,22 @@ impl Shared {
         if commits.is_empty() {
             return Ok(());
         }
-        self.settle(w, map, st, &commits)?;
-        self.apply_all(map, st, &commits)?;
-        live::publish(map, st);
+        let mut space = std::mem::take(&mut w.space);
+        let r = self
+            .settle(w, map, st, &mut space, &commits)
+            .and_then(|()| self.apply_all(map, st, &mut space, &commits));
+        w.space = space;
+        r?;
+        w.space_dirty = true;
+        self.publish(w, map, st);
         Ok(())
     }
 
     /// Writes a meta page describing `st` after flushing everything it
-    /// refers to. Two flushes: data and index first, then the meta page, so
-    /// a meta page never names bytes that are not on disk.
+    /// refers to. Two flushes: data, index and extent table first, then
+    /// the meta page, so a meta page never names bytes that are not on
+    /// disk. The extent table goes to the checkpoint copy the newest meta
+    /// page does not name.
     pub(crate) fn checkpoint(
         &self,
         w: &mut Writer,
@@ -1011,15 +1348,23 @@ impl Shared {
         st: &mut State,
         clean: bool,
     ) -> Result<()> {
+        let newest = pick_meta(&self.path, map)?;
+        let at = if newest.space_at.get() == SPACE_CHECKPOINT[0] {
+            SPACE_CHECKPOINT[1]
+        } else {
+            SPACE_CHECKPOINT[0]
+        };
+        let (count, crc) = w.space.store(map, at, true);
         self.flush(w, map, 0, map.len())?;
         let generation = st.meta_gen + 1;
-        let meta = st.to_meta(self.seed, generation, clean);
+        let meta = st.to_meta(self.seed, generation, clean, SpaceRef { at, count, crc });
         let at = META_OFFSETS[(generation % 2) as usize];
         map.write_words(at, bytemuck::bytes_of(&meta));
         self.flush(w, map, at, PAGE_SIZE)?;
         st.meta_gen = generation;
         st.meta_clean = clean as u64;
         st.ckpt_log_bytes = st.log_bytes;
+        st.ckpt_seq = st.seq;
         st.synced_tail = st.tail;
         w.unsynced.clear();
         w.full_flush = false;
@@ -1091,21 +1436,158 @@ impl Shared {
             // unflushed ranges is stale, and it may have left its own.
             w.unsynced.clear();
             w.full_flush = st.synced_tail != st.tail;
+            w.space = self.working_space(&map, &st)?;
+            w.space_dirty = false;
         }
         // A checkpoint is found by generation: trust the pages, not the header.
         let meta = pick_meta(&self.path, &map)?;
         st.meta_gen = meta.generation.get();
         st.meta_clean = meta.is_clean() as u64;
         self.adopt_orphan_commits(w, &mut map, &mut st)?;
-        // Checkpoint here, before the transaction writes anything: the
-        // meta page then never names space the transaction hands out.
-        let due = st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES;
-        if for_txn && due {
-            self.checkpoint(w, &map, &mut st, false)?;
-            live::publish(&map, &st);
+        if for_txn {
+            // Checkpoint here, before the transaction writes anything: the
+            // meta page then never names space the transaction hands out.
+            // Also when retired extents wait for one to be reused.
+            let log_due = st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES;
+            let waiting: u64 = w
+                .space
+                .list
+                .iter()
+                .filter(|e| matches!(e.use_, Use::Retired { seq } if seq > st.ckpt_seq))
+                .map(|e| e.len)
+                .sum();
+            let space_due = waiting >= (st.file_len / 32).max(RECLAIM_CHECKPOINT_MIN);
+            if log_due || space_due {
+                self.checkpoint(w, &map, &mut st, false)?;
+                self.publish(w, &map, &mut st);
+            }
+            self.release_retired(w, &st);
         }
         w.state = st;
         Ok(map)
+    }
+
+    /// Frees retired ranges that nobody can read any more: retired by a
+    /// commit no later than the last checkpoint (so no durable index slot
+    /// or meta page names them) and no later than the oldest snapshot
+    /// open in any process (so no reader does). Nothing is freed while a
+    /// handle that cannot register its snapshots is open (`Pin`).
+    pub(crate) fn release_retired(&self, w: &mut Writer, st: &State) -> u64 {
+        let Some(oldest_retired) = w.space.oldest_retired() else {
+            return 0;
+        };
+        if oldest_retired > st.ckpt_seq || self.pinned() {
+            return 0;
+        }
+        let oldest = self
+            .scan_readers()
+            .snapshots
+            .iter()
+            .map(|s| s.seq)
+            .min()
+            .unwrap_or(u64::MAX);
+        let freed = w.space.release(st.ckpt_seq.min(oldest));
+        if freed > 0 {
+            w.space_dirty = true;
+        }
+        freed
+    }
+
+    /// After compaction: a checkpoint (retired extents are reused only
+    /// after one), then frees what no snapshot reads; with `shrink`, and
+    /// when this handle holds the store alone, also cuts free space off the
+    /// end of the file. Returns the bytes freed and the file length.
+    pub(crate) fn reclaim(&self, shrink: bool) -> Result<(u64, u64)> {
+        let Some((mut w, mut map)) = self.begin_writer(true, false)? else {
+            unreachable!("a waiting begin_writer always gets the lock");
+        };
+        let r = (|| {
+            let mut st = w.state;
+            self.checkpoint(&mut w, &map, &mut st, false)?;
+            let freed = self.release_retired(&mut w, &st);
+            self.publish(&mut w, &map, &mut st);
+            if shrink && self.lock(LockId::Open, LockMode::Exclusive, false)? {
+                let r = (|| {
+                    if self.relocate_index(&mut w, &map, &mut st)? {
+                        self.checkpoint(&mut w, &map, &mut st, false)?;
+                        // Alone, no snapshot open, the checkpoint names the
+                        // new table: nothing can read the old one.
+                        if !self.pinned() && self.scan_readers().snapshots.is_empty() {
+                            w.space.release(u64::MAX);
+                        }
+                        w.space_dirty = true;
+                        self.publish(&mut w, &map, &mut st);
+                    }
+                    self.shrink(&mut w, &mut map, &mut st)
+                })();
+                let _ = self.lock(LockId::Open, LockMode::Shared, true);
+                r?;
+            }
+            Ok((freed, st.file_len))
+        })();
+        self.end_writer();
+        r
+    }
+
+    /// Moves the index table down into the lowest free range that holds
+    /// it, if there is one below it (so the end of the file can be cut).
+    /// A copy of the slots, word by word: same size, same positions. The
+    /// old table stays as it was for snapshots that read it, retired by the
+    /// next commit; recovery from an older checkpoint still finds it intact
+    /// (retired space is reused only after a newer checkpoint).
+    fn relocate_index(&self, w: &mut Writer, map: &Mapping, st: &mut State) -> Result<bool> {
+        if st.old_table().is_some() {
+            return Ok(false);
+        }
+        let t = st.table();
+        let below = w
+            .space
+            .list
+            .iter()
+            .any(|e| e.use_ == Use::Free && e.len >= t.bytes() && e.off < t.off);
+        if !below || w.space.list.len() + 2 > SPACE_ENTRIES {
+            return Ok(false);
+        }
+        let Some(off) = w.space.take_free(t.bytes(), None) else {
+            return Ok(false);
+        };
+        let new = Table { off, log2: t.log2 };
+        for i in 0..t.cap() {
+            new.store(map, i, t.load(map, i));
+        }
+        w.space.insert(t.off, t.bytes(), Use::Retired { seq: st.seq + 1 });
+        st.index_off = off;
+        w.space_dirty = true;
+        Ok(true)
+    }
+
+    /// Cuts the free space at the end of the allocated area off the file
+    /// (whole growth units). Only for a handle that holds the store alone
+    /// (the `Open` lock, exclusively): no other process maps the file, and
+    /// the snapshots of this process read nothing there (it is free). The
+    /// checkpoint that no longer names the space comes first, then the cut.
+    fn shrink(&self, w: &mut Writer, map: &mut Arc<Mapping>, st: &mut State) -> Result<()> {
+        let end = w.space.trim_end(st.alloc_end);
+        let new_len = end.div_ceil(MIN_GROWTH) * MIN_GROWTH;
+        if new_len >= st.file_len {
+            return Ok(());
+        }
+        st.alloc_end = end;
+        w.space_dirty = true;
+        self.checkpoint(w, map, st, false)?;
+        st.file_len = new_len;
+        self.publish(w, map, st);
+        self.backend
+            .shrink(new_len)
+            .map_err(|e| self.io(format!("shrink the file to {new_len} bytes"), e))?;
+        let m = Arc::new(
+            self.backend
+                .map(new_len)
+                .map_err(|e| self.io("map the shrunk file", e))?,
+        );
+        self.map.store(m.clone());
+        *map = m;
+        Ok(())
     }
 
     /// Releases the cross-process writer lock (the mutex guard is dropped
@@ -1138,8 +1620,7 @@ impl Shared {
                 let mut st = w.state;
                 let r = self.checkpoint(&mut w, &map, &mut st, true);
                 if r.is_ok() {
-                    live::publish(&map, &st);
-                    w.state = st;
+                    self.publish(&mut w, &map, &mut st);
                 }
                 self.end_writer();
                 r
@@ -1150,13 +1631,28 @@ impl Shared {
     }
 }
 
+/// Size of a new log extent for a record of `need` bytes: a 128th of the
+/// file, between 1 MiB and 1 GiB (whole MiB), so that the extent table
+/// stays short however large the store grows.
+pub(crate) fn extent_size(st: &State, need: u64) -> u64 {
+    let scaled = (st.file_len / 128).clamp(LOG_EXTENT, 1 << 30);
+    align_page(need).max(scaled.div_ceil(LOG_EXTENT) * LOG_EXTENT)
+}
+
 /// Length of a new store: the fixed pages, the first extent, the first
 /// index table, rounded up to the growth unit.
 const CREATE_LEN: u64 =
     (DATA_START + LOG_EXTENT + (8 << MIN_INDEX_LOG2)).div_ceil(MIN_GROWTH) * MIN_GROWTH;
 
+/// Whether the file holds nothing but what a cut-short creation leaves:
+/// zeros, except perhaps the first extent table (written before the meta
+/// page).
 fn is_all_zero(map: &Mapping) -> bool {
-    (0..map.len() / 8).all(|i| map.load(i * 8, std::sync::atomic::Ordering::Relaxed) == 0)
+    let table = SPACE_CHECKPOINT[1]..SPACE_CHECKPOINT[1] + PAGE_SIZE;
+    (0..map.len() / 8)
+        .map(|i| i * 8)
+        .filter(|off| !table.contains(off))
+        .all(|off| map.load(off, std::sync::atomic::Ordering::Relaxed) == 0)
 }
 
 /// Zeroes `[off, off + len)` of space the writer just allocated (rule 3 of
@@ -1240,11 +1736,26 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
         file_len: len,
         ..State::default()
     };
-    let meta = st.to_meta(backend.new_hash_seed(), 1, true);
+    let mut space = Space::default();
+    let first = Use::Log {
+        live: 0,
+        sealed: false,
+        last_seq: 0,
+    };
+    space.insert(DATA_START, LOG_EXTENT, first);
+    let at = SPACE_CHECKPOINT[1];
+    let (count, crc) = space.store(&map, at, true);
+    // The extent table first, then the meta page that names it: a cut
+    // between the two leaves no valid meta page (creation starts over).
+    let flush = |off, len| {
+        backend
+            .flush(&map, off, len)
+            .map_err(|e| io_error(path, "flush the new file", e))
+    };
+    flush(at, PAGE_SIZE)?;
+    let meta = st.to_meta(backend.new_hash_seed(), 1, true, SpaceRef { at, count, crc });
     map.write_words(META_OFFSETS[1], bytemuck::bytes_of(&meta));
-    backend
-        .flush(&map, 0, len)
-        .map_err(|e| io_error(path, "flush the new file", e))?;
+    flush(0, len)?;
     Ok(len)
 }
 

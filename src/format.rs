@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 /// (catches line-ending conversion), SUB (stops `type` on DOS) and LF.
 pub const MAGIC: [u8; 8] = *b"\x89MKV\r\n\x1a\n";
 /// The format this code reads and writes. Bumped on any layout change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Unit of alignment for meta pages, extents and index tables.
 pub const PAGE_SIZE: u64 = 4096;
 /// Hash function id stored in the meta page: xxh3-64 with the store's seed.
@@ -22,8 +22,14 @@ pub const HASH_XXH3: u32 = 1;
 pub const META_OFFSETS: [u64; 2] = [0, PAGE_SIZE];
 /// The live header: the published state shared by every process.
 pub const LIVE_OFFSET: u64 = 2 * PAGE_SIZE;
-/// Pages 3..16 are reserved (the cross-process reader table goes here).
-pub const DATA_START: u64 = 16 * PAGE_SIZE;
+/// The extent tables (see [`SpaceEntry`]): two working copies the writer
+/// publishes with the live state, then two checkpoint copies named by the
+/// meta pages. Each holds up to [`SPACE_ENTRIES`] entries.
+pub const SPACE_WORKING: [u64; 2] = [16 * PAGE_SIZE, 32 * PAGE_SIZE];
+pub const SPACE_CHECKPOINT: [u64; 2] = [48 * PAGE_SIZE, 64 * PAGE_SIZE];
+pub const SPACE_ENTRIES: usize = 2048;
+/// First byte of the data area: log extents and index tables.
+pub const DATA_START: u64 = 128 * PAGE_SIZE;
 /// Default size of a log extent; a record larger than this gets an extent of
 /// its own, rounded up to a page.
 pub const LOG_EXTENT: u64 = 1 << 20;
@@ -117,7 +123,23 @@ pub struct Meta {
     pub live_bytes: Le64,
     /// Bytes of all committed records ever appended (live + dead).
     pub log_bytes: Le64,
-    pub _reserved: [u8; 124],
+    /// While the index moves to a new table: the old table (0 if none)
+    /// and the next of its slots to move.
+    pub old_index_offset: Le64,
+    pub old_index_log2: Le32,
+    pub _pad1: Le32,
+    pub migrate_next: Le64,
+    /// The checkpoint's extent table: one of [`SPACE_CHECKPOINT`], its
+    /// entry count and the CRC32 of its `32 * space_count` bytes.
+    pub space_at: Le64,
+    pub space_count: Le32,
+    pub space_crc: Le32,
+    /// Commits up to this one may have records that were reclaimed: the
+    /// log holds the changes of every later commit.
+    pub history_seq: Le64,
+    /// Keys with a value still only in the old table (an upper bound).
+    pub migrate_left: Le64,
+    pub _reserved: [u8; 68],
     /// CRC32 of bytes `0..252`.
     pub crc: Le32,
 }
@@ -182,6 +204,35 @@ pub const KIND_DELETE: u8 = 2;
 pub const KIND_COMMIT: u8 = 3;
 /// Ends an extent: the log continues at the extent named by its [`NextBody`].
 pub const KIND_NEXT: u8 = 4;
+/// Says its commit reclaims the extent named by its [`NextBody`]: no record
+/// there is the newest version of its key any more (compaction copied them).
+pub const KIND_RETIRE: u8 = 5;
+
+/// Record flag (puts and deletes): a copy compaction made of the key's
+/// newest version; the key's value did not change.
+pub const FLAG_MOVED: u8 = 1;
+
+/// One entry of an extent table (32 bytes, little-endian): a page-aligned
+/// range of the data area that is a log extent, a retired extent, or free.
+/// Index tables are not listed (the state names them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct SpaceEntry {
+    pub off: Le64,
+    pub len: Le64,
+    /// Log: bytes of records that are the newest version of their key.
+    /// Retired: the commit that retired it.
+    pub a: Le64,
+    /// Bits 0..8: [`SPACE_LOG`], [`SPACE_RETIRED`] or [`SPACE_FREE`]; bit 8
+    /// (log): sealed, the log moved on to another extent; bits 16..64
+    /// (log, sealed): the commit whose next record sealed it.
+    pub b: Le64,
+}
+pub const SPACE_ENTRY_SIZE: u64 = 32;
+const _: () = assert!(std::mem::size_of::<SpaceEntry>() == SPACE_ENTRY_SIZE as usize);
+pub const SPACE_LOG: u32 = 1;
+pub const SPACE_RETIRED: u32 = 2;
+pub const SPACE_FREE: u32 = 3;
 
 /// Header of every log record. The key follows, then the value (or the
 /// body of a commit/next record), then zero padding to a multiple of 8.
@@ -238,7 +289,7 @@ impl RecordHeader {
             KIND_PUT => (field + 1, val_len <= MAX_VALUE_LEN),
             KIND_DELETE => (field + 1, val_len == 0),
             KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
-            KIND_NEXT => (0, field == 0 && val_len == NEXT_BODY_SIZE),
+            KIND_NEXT | KIND_RETIRE => (0, field == 0 && val_len == NEXT_BODY_SIZE),
             _ => return None,
         })
     }
@@ -329,7 +380,7 @@ mod tests {
         assert!(matches!(check_meta(&bytes(&m)), MetaCheck::BadMagic));
         m.magic = MAGIC;
         m.version = Le32::new(FORMAT_VERSION + 1);
-        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::NewerVersion(2)));
+        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::NewerVersion(v) if v == FORMAT_VERSION + 1));
         m.version = Le32::new(FORMAT_VERSION);
         m.page_size = Le32::new(PAGE_SIZE as u32);
         m.hash_id = Le32::new(HASH_XXH3);

@@ -77,8 +77,8 @@ fn escape(bytes: &[u8]) -> String {
 }
 
 /// Decodes the structure at `offset` of the store file at `path`: a meta
-/// page, the live header, a reader-table chunk, or a log record (with its
-/// checksum checked); any other offset is shown as the 64-bit word there,
+/// page, the live header, a reader-table chunk, an extent-table entry, or
+/// a log record (with its checksum checked); any other offset is shown as the 64-bit word there,
 /// read as an index slot.
 ///
 /// ```
@@ -86,7 +86,7 @@ fn escape(bytes: &[u8]) -> String {
 /// # let path = dir.path().join("data.kv");
 /// let store = mapkv::Store::open(&path)?;
 /// store.put(b"k", b"v")?;
-/// let first = mapkv::inspect(&path, 65536)?; // the first log record
+/// let first = mapkv::inspect(&path, 524288)?; // the first log record
 /// assert!(first.ok);
 /// assert_eq!(first.what, "log record: put");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -110,8 +110,10 @@ pub fn inspect(path: &Path, offset: u64) -> Result<Inspection> {
         meta(&mut b, &read_at(&file, path, at, META_SIZE)?, at)
     } else if offset < 3 * PAGE_SIZE {
         live(&mut b, &read_at(&file, path, LIVE_OFFSET, 512)?)
-    } else if offset < DATA_START {
+    } else if offset < SPACE_WORKING[0] {
         reader_chunk(&mut b, &file, path, offset)?
+    } else if offset < DATA_START {
+        space_entry(&mut b, &file, path, offset)?
     } else {
         record(&mut b, &file, path, offset & !7, len)?
     };
@@ -221,6 +223,55 @@ fn reader_chunk(b: &mut Builder, file: &File, path: &Path, offset: u64) -> Resul
     ))
 }
 
+/// An entry of one of the extent tables (pages 16..80).
+fn space_entry(b: &mut Builder, file: &File, path: &Path, offset: u64) -> Result<(String, bool)> {
+    let region = [SPACE_WORKING[0], SPACE_WORKING[1], SPACE_CHECKPOINT[0], SPACE_CHECKPOINT[1]]
+        .into_iter()
+        .rposition(|at| offset >= at);
+    let region_at = region.map_or(0, |r| [SPACE_WORKING[0], SPACE_WORKING[1], SPACE_CHECKPOINT[0], SPACE_CHECKPOINT[1]][r]);
+    let index = (offset - region_at) / SPACE_ENTRY_SIZE;
+    if region.is_none() || index >= SPACE_ENTRIES as u64 {
+        return Ok(("reserved header space".into(), true));
+    }
+    let at = region_at + index * SPACE_ENTRY_SIZE;
+    let bytes = read_at(file, path, at, SPACE_ENTRY_SIZE as usize)?;
+    let mut buf = [0u8; SPACE_ENTRY_SIZE as usize];
+    buf[..bytes.len()].copy_from_slice(&bytes);
+    let e: SpaceEntry = bytemuck::pod_read_unaligned(&buf);
+    let which = if region < Some(2) { "working" } else { "checkpoint" };
+    b.add("table", format!("{which} extent table at {region_at}"));
+    b.add("entry", index);
+    b.add("extent", format!("{}+{}", e.off.get(), e.len.get()));
+    let kind = (e.b.get() & 0xff) as u32;
+    let ok = match kind {
+        SPACE_LOG => {
+            b.add("use", "log");
+            b.add("live bytes", e.a.get());
+            b.add("sealed", e.b.get() & (1 << 8) != 0);
+            b.add("sealed by commit", e.b.get() >> 16);
+            true
+        }
+        SPACE_RETIRED => {
+            b.add("use", "retired");
+            b.add("retired by commit", e.a.get());
+            true
+        }
+        SPACE_FREE => {
+            b.add("use", "free");
+            true
+        }
+        0 if e.off.get() == 0 => {
+            b.add("use", "unused entry");
+            true
+        }
+        k => {
+            b.add("use", format!("unknown ({k})"));
+            false
+        }
+    };
+    Ok(("extent table entry".into(), ok))
+}
+
 fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Result<(String, bool)> {
     let hdr = read_at(file, path, off, HEADER_SIZE)?;
     if hdr.len() < HEADER_SIZE {
@@ -233,6 +284,7 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
         KIND_DELETE => ("delete", h.key_len_m1.get() as u64 + 1),
         KIND_COMMIT => ("commit", 0),
         KIND_NEXT => ("next", 0),
+        KIND_RETIRE => ("retire", 0),
         _ => {
             // Not a record: show the word as an index slot would read it.
             let w = word(&hdr, 0);
@@ -254,6 +306,9 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
     b.add("kind", kind);
     b.add("seq", h.seq.get());
     b.add("prev", h.prev.get());
+    if h.flags & FLAG_MOVED != 0 {
+        b.add("flags", "moved (a copy made by compaction)");
+    }
     b.add("key_len", key_len);
     b.add("val_len", val_len);
     let payload_len = key_len + val_len;
@@ -291,9 +346,10 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
             b.add("n_records", c.n_records.get());
             b.add("chain_crc", format!("{:#010x}", c.chain_crc.get()));
         }
-        KIND_NEXT if val.len() == NEXT_BODY_SIZE => {
+        KIND_NEXT | KIND_RETIRE if val.len() == NEXT_BODY_SIZE => {
             let n: NextBody = bytemuck::pod_read_unaligned(val);
-            b.add("next extent", n.offset.get());
+            let what = if h.kind == KIND_NEXT { "next extent" } else { "retired extent" };
+            b.add(what, n.offset.get());
             b.add("extent len", n.len.get());
         }
         _ => b.add("body", "wrong length for its kind"),

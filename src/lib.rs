@@ -111,6 +111,7 @@ mod log;
 mod options;
 mod readers;
 mod salvage;
+mod space;
 #[allow(unsafe_code)]
 pub mod sim;
 #[allow(unsafe_code)]
@@ -124,12 +125,12 @@ mod verify;
 
 pub use changes::Changes;
 pub use error::{Error, Result};
-pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use format::{FORMAT_VERSION, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use inspect::{inspect, Inspection};
 pub use options::{Durability, Options};
 pub use readers::SnapshotInfo;
 pub use salvage::{salvage, SalvageReport};
-pub use store::{CompactReport, Store};
+pub use store::{BackupReport, CompactReport, Store};
 pub use txn::{Iter, ReadTxn, WriteTxn};
 pub use verify::{Problem, Stats, VerifyReport};
 

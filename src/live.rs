@@ -26,7 +26,8 @@ const OFF_WAITERS: u64 = LIVE_OFFSET + 24;
 /// from a change here that a writer has since set one up.
 const OFF_INCARNATION: u64 = LIVE_OFFSET + 32;
 const SLOT_BASE: u64 = LIVE_OFFSET + 64;
-const SLOT_WORDS: u64 = 16;
+const SLOT_WORDS: u64 = 32;
+const STATE_WORDS: usize = 28;
 /// A slot generation that no published state has: "being written".
 const WRITING: u64 = u64::MAX;
 
@@ -56,10 +57,32 @@ pub(crate) struct State {
     /// Generation of the newest meta page, and whether it says "clean".
     pub meta_gen: u64,
     pub meta_clean: u64,
+    /// While the index moves to a larger (or cleaner) table: the old
+    /// table (`old_index_log2 == 0`: none) and the next slot to move.
+    pub old_index_off: u64,
+    pub old_index_log2: u64,
+    pub migrate_next: u64,
+    /// Keys with a value still only in the old table (an upper bound).
+    pub migrate_left: u64,
+    /// The working extent table (0 or 1) and its entry count.
+    pub space_at: u64,
+    pub space_n: u64,
+    /// The commit of the last checkpoint.
+    pub ckpt_seq: u64,
+    /// Changes of commits after this one are all in the log.
+    pub history_seq: u64,
+    /// The extent compaction is emptying (0: none) and how far it got.
+    pub victim_off: u64,
+    pub victim_pos: u64,
+    /// The last commit that retired an extent, and the bytes retired and
+    /// copied by compaction since the store was created.
+    pub last_compact_seq: u64,
+    pub retired_total: u64,
+    pub moved_total: u64,
 }
 
 impl State {
-    fn to_words(self) -> [u64; 15] {
+    fn to_words(self) -> [u64; STATE_WORDS] {
         [
             self.seq,
             self.tail,
@@ -76,9 +99,22 @@ impl State {
             self.ckpt_log_bytes,
             self.meta_gen,
             self.meta_clean,
+            self.old_index_off,
+            self.old_index_log2,
+            self.migrate_next,
+            self.space_at,
+            self.space_n,
+            self.ckpt_seq,
+            self.history_seq,
+            self.victim_off,
+            self.victim_pos,
+            self.last_compact_seq,
+            self.retired_total,
+            self.moved_total,
+            self.migrate_left,
         ]
     }
-    fn from_words(w: [u64; 15]) -> State {
+    fn from_words(w: [u64; STATE_WORDS]) -> State {
         State {
             seq: w[0],
             tail: w[1],
@@ -95,6 +131,19 @@ impl State {
             ckpt_log_bytes: w[12],
             meta_gen: w[13],
             meta_clean: w[14],
+            old_index_off: w[15],
+            old_index_log2: w[16],
+            migrate_next: w[17],
+            space_at: w[18],
+            space_n: w[19],
+            ckpt_seq: w[20],
+            history_seq: w[21],
+            victim_off: w[22],
+            victim_pos: w[23],
+            last_compact_seq: w[24],
+            retired_total: w[25],
+            moved_total: w[26],
+            migrate_left: w[27],
         }
     }
 }
@@ -201,6 +250,11 @@ pub(crate) fn publish(map: &Mapping, state: &State) {
     notify(map);
 }
 
+/// The generation of the current state: changes with every publish.
+pub(crate) fn generation(map: &Mapping) -> u64 {
+    map.load(OFF_CURRENT, Ordering::Acquire)
+}
+
 /// The newest published state, or `None` if no live header was ever
 /// written to this file (or it is damaged and never settles).
 pub(crate) fn read(map: &Mapping) -> Option<State> {
@@ -216,7 +270,7 @@ pub(crate) fn read(map: &Mapping) -> Option<State> {
             std::hint::spin_loop();
             continue;
         }
-        let mut w = [0u64; 15];
+        let mut w = [0u64; STATE_WORDS];
         for (i, x) in w.iter_mut().enumerate() {
             *x = map.load(base + 8 * (i as u64 + 1), Ordering::Relaxed);
         }

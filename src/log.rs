@@ -23,6 +23,7 @@ pub(crate) struct Record {
     pub key_len: usize,
     pub val_len: usize,
     pub crc: u32,
+    pub flags: u8,
 }
 
 impl Record {
@@ -48,6 +49,14 @@ impl Record {
     }
     pub fn next_body(&self, map: &Mapping) -> Option<NextBody> {
         (self.kind == KIND_NEXT).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+    }
+    /// The extent a retire record names.
+    pub fn retire_body(&self, map: &Mapping) -> Option<NextBody> {
+        (self.kind == KIND_RETIRE).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+    }
+    /// A copy compaction made (the key's value did not change).
+    pub fn moved(&self) -> bool {
+        self.flags & FLAG_MOVED != 0
     }
 }
 
@@ -98,6 +107,7 @@ pub(crate) fn read_header(map: &Mapping, off: u64, end: u64) -> Result<Record, I
         key_len,
         val_len,
         crc: h.crc.get(),
+        flags: h.flags,
     };
     if off + rec.size() > end {
         return Err(Invalid::OutOfBounds);
@@ -132,12 +142,24 @@ pub(crate) fn read_record(map: &Mapping, off: u64, end: u64) -> Result<Record, I
 
 /// Builds the header of a record (CRC included) for the given payload.
 pub(crate) fn make_header(kind: u8, seq: u64, prev: u64, key: &[u8], val: &[u8]) -> RecordHeader {
+    make_header_flags(kind, 0, seq, prev, key, val)
+}
+
+/// [`make_header`] with record flags (`FLAG_MOVED`).
+pub(crate) fn make_header_flags(
+    kind: u8,
+    flags: u8,
+    seq: u64,
+    prev: u64,
+    key: &[u8],
+    val: &[u8],
+) -> RecordHeader {
     let mut h = RecordHeader {
         crc: Le32::new(0),
         val_len: Le32::new(val.len() as u32),
         key_len_m1: Le16::new(key.len().saturating_sub(1) as u16),
         kind,
-        flags: 0,
+        flags,
         seq: Le48::new(seq),
         prev: Le48::new(prev),
     };
@@ -178,15 +200,17 @@ pub(crate) struct ScannedCommit {
     pub after: Cursor,
     /// Bytes of all records of the run, commit record included.
     pub bytes: u64,
-    /// Highest end of any extent the run entered.
-    pub max_extent_end: u64,
+    /// Extents the run entered (next records), in order.
+    pub extents: Vec<(u64, u64)>,
+    /// Extents the commit retires (retire records).
+    pub retired: Vec<(u64, u64)>,
 }
 
 /// Which extents a next record may name: inside the file, after the fixed
-/// pages, and not over the index table in use.
+/// pages, and not over the index tables in use.
 pub(crate) struct ExtentRules {
     pub file_len: u64,
-    pub forbidden: (u64, u64),
+    pub forbidden: [(u64, u64); 2],
 }
 
 impl ExtentRules {
@@ -194,12 +218,11 @@ impl ExtentRules {
         let Some(end) = off.checked_add(len) else {
             return false;
         };
-        let (fa, fb) = self.forbidden;
         off >= DATA_START
             && off % PAGE_SIZE == 0
             && len >= PAGE_SIZE
             && end <= self.file_len
-            && (end <= fa || off >= fb)
+            && self.forbidden.iter().all(|&(fa, fb)| end <= fa || off >= fb)
     }
 }
 
@@ -217,7 +240,8 @@ pub(crate) fn scan_commit(
     let mut chain = crc32fast::Hasher::new();
     let mut n = 0u64;
     let mut bytes = 0u64;
-    let mut max_extent_end = cur.end;
+    let mut extents = Vec::new();
+    let mut retired = Vec::new();
     loop {
         let rec = read_header(map, cur.pos, cur.end).ok()?;
         // Cheap rejection of stale bytes before the checksum.
@@ -245,7 +269,14 @@ pub(crate) fn scan_commit(
                     pos: off,
                     end: off + len,
                 };
-                max_extent_end = max_extent_end.max(cur.end);
+                extents.push((off, len));
+            }
+            KIND_RETIRE => {
+                let body = rec.retire_body(map)?;
+                chain.update(&rec.crc.to_le_bytes());
+                n += 1;
+                retired.push((body.offset.get(), body.len.get()));
+                cur.pos += rec.size();
             }
             _ => {
                 let body = rec.commit_body(map)?;
@@ -261,7 +292,8 @@ pub(crate) fn scan_commit(
                     records,
                     after: cur,
                     bytes,
-                    max_extent_end,
+                    extents,
+                    retired,
                 });
             }
         }

@@ -42,6 +42,8 @@ pub struct Options {
     pub(crate) create: bool,
     pub(crate) durability: Durability,
     pub(crate) faults: Faults,
+    pub(crate) auto_compact: bool,
+    pub(crate) compact_threshold: f64,
 }
 
 impl Default for Options {
@@ -58,6 +60,8 @@ impl Options {
             create: true,
             durability: Durability::Immediate,
             faults: Faults::new(),
+            auto_compact: true,
+            compact_threshold: 0.2,
         }
     }
 
@@ -92,6 +96,39 @@ impl Options {
     /// [`WriteTxn::set_durability`](crate::WriteTxn::set_durability).
     pub fn durability(mut self, d: Durability) -> Options {
         self.durability = d;
+        self
+    }
+
+    /// Whether commits reclaim space as they go (default `true`): once
+    /// the dead bytes of the log pass the
+    /// [threshold](Self::compact_threshold), each commit also copies up to
+    /// twice its own bytes (at least 64 KiB) of live records out of the
+    /// most wasteful log extent, which is reused once no snapshot needs it.
+    /// With `false`, space comes back only from
+    /// [`Store::compact`](crate::Store::compact).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Options::new()
+    ///     .auto_compact(false)
+    ///     .open(dir.path().join("data.kv"))?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn auto_compact(mut self, on: bool) -> Options {
+        self.auto_compact = on;
+        self
+    }
+
+    /// The fraction of dead bytes in the log (overwritten or deleted
+    /// versions) at which automatic compaction starts, and the least an
+    /// extent must have to be emptied; clamped to `0.05..=0.95`, default
+    /// `0.2`. Lower keeps the file smaller and copies more.
+    pub fn compact_threshold(mut self, fraction: f64) -> Options {
+        self.compact_threshold = if fraction.is_nan() {
+            0.2
+        } else {
+            fraction.clamp(0.05, 0.95)
+        };
         self
     }
 

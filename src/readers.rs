@@ -26,14 +26,14 @@ use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::format::{DATA_START, PAGE_SIZE};
+use crate::format::{PAGE_SIZE, SPACE_WORKING};
 use crate::storage::{Backend, LockId, LockMode, Mapping};
 
 /// Where the table starts: page 3.
 pub(crate) const TABLE_OFFSET: u64 = 3 * PAGE_SIZE;
 const CHUNK_BYTES: u64 = 256;
 /// Chunks in the table: at most this many handles register at once.
-pub(crate) const CHUNKS: u32 = ((DATA_START - TABLE_OFFSET) / CHUNK_BYTES) as u32;
+pub(crate) const CHUNKS: u32 = ((SPACE_WORKING[0] - TABLE_OFFSET) / CHUNK_BYTES) as u32;
 /// Snapshot slots per chunk.
 pub(crate) const SLOTS_PER_CHUNK: u32 = 15;
 

@@ -28,9 +28,15 @@ pub struct SalvageReport {
     pub commits: u64,
     /// The newest of them.
     pub newest_seq: u64,
-    /// Runs of commit seqs below `newest_seq` that were not found complete
-    /// (their records were damaged or overwritten): `(first, last)`.
+    /// Runs of commit seqs below `newest_seq` whose commit record was not
+    /// found intact (damaged, or reclaimed by compaction, which first
+    /// copies the newest version of every key out): `(first, last)`.
     pub lost_commits: Vec<(u64, u64)>,
+    /// Commits whose commit record is intact but whose run of records is
+    /// not all there (part of it was reclaimed by compaction, or damaged):
+    /// the records found at its start and right before its commit record
+    /// are used.
+    pub partial_commits: u64,
     /// Keys written to the new store.
     pub keys: u64,
     /// Records that failed their checksum where the log runs (right after
@@ -119,6 +125,8 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
     // space, the inside of a damaged value) record-shaped bytes with a bad
     // checksum are noise, not lost data.
     let mut last_end = DATA_START;
+    // Damaged records where the log runs: (start, end).
+    let mut damaged: Vec<(u64, u64)> = Vec::new();
     while off + HEADER_SIZE as u64 <= len {
         if off < window_at || off + HEADER_SIZE as u64 > window_at + window.len() as u64 {
             window_at = off;
@@ -137,8 +145,11 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
                 last_end = off;
                 continue;
             }
-            Some(Err(())) if off == last_end => report.damaged_records += 1,
-            Some(Err(())) => {}
+            Some(Err(size)) if off == last_end => {
+                report.damaged_records += 1;
+                damaged.push((off, off + size));
+            }
+            Some(Err(_)) => {}
             None => {}
         }
         off += 8;
@@ -147,12 +158,25 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
     // 2. Commits whose run checks out; the records of the others name
     //    keys that may have lost their newest value.
     let mut complete: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let ends: HashMap<u64, u64> = found
+        .iter()
+        .map(|(&at, f)| (at + record_size(f.key_len, f.val_len), at))
+        .collect();
     for (&seq, ats) in &commits {
         if let Some(run) = ats
             .iter()
             .find_map(|&at| commit_run(&source, &found, seq, at))
         {
             complete.insert(seq, run);
+        } else if let Some(&at) = ats.last() {
+            // A run that reaches a damaged record is lost whole; one that
+            // only runs out (its other extents were reclaimed and reused)
+            // gives what is left.
+            let (run, stop) = partial_run(&found, &ends, seq, at);
+            if !damaged.iter().any(|&(a, b)| a == stop || b == stop) {
+                report.partial_commits += 1;
+                complete.insert(seq, run);
+            }
         }
     }
     report.commits = complete.len() as u64;
@@ -217,18 +241,18 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
     Ok(report)
 }
 
-/// `None`: not record-shaped here. `Some(Err)`: record-shaped but its CRC
-/// fails. `Some(Ok)`: a record.
-fn check_record(src: &Source, off: u64, h: &RecordHeader) -> Option<Result<Found, ()>> {
+/// `None`: not record-shaped here. `Some(Err(size))`: record-shaped but
+/// its CRC fails. `Some(Ok)`: a record.
+fn check_record(src: &Source, off: u64, h: &RecordHeader) -> Option<Result<Found, u64>> {
     let val_len = h.val_len.get() as usize;
     let (key_len, shape_ok) = h.lengths()?;
-    if !shape_ok || h.seq.get() == 0 || h.flags != 0 {
+    if !shape_ok || h.seq.get() == 0 || h.flags & !FLAG_MOVED != 0 {
         return None;
     }
     let payload = src.read(off + HEADER_SIZE as u64, key_len + val_len)?;
     let (key, val) = payload.split_at(key_len);
     if record_crc(h, key, val) != h.crc.get() {
-        return Some(Err(()));
+        return Some(Err(record_size(key_len, val_len)));
     }
     Some(Ok(Found {
         kind: h.kind,
@@ -254,7 +278,9 @@ fn commit_run(src: &Source, found: &HashMap<u64, Found>, seq: u64, at: u64) -> O
             return None;
         }
         chain.update(&r.crc.to_le_bytes());
-        if r.kind == KIND_NEXT {
+        if r.kind == KIND_RETIRE {
+            pos += record_size(r.key_len, r.val_len);
+        } else if r.kind == KIND_NEXT {
             let next: NextBody =
                 bytemuck::pod_read_unaligned(&src.read(pos + HEADER_SIZE as u64, NEXT_BODY_SIZE)?);
             pos = next.offset.get();
@@ -264,4 +290,32 @@ fn commit_run(src: &Source, found: &HashMap<u64, Found>, seq: u64, at: u64) -> O
         }
     }
     (pos == at && chain.finalize() == body.chain_crc.get()).then_some(run)
+}
+
+/// What can be found of commit `seq`'s run when it does not check out:
+/// the records that end exactly where the next begins, back from its
+/// commit record at `at` (the part in the commit's own extent; a run ends
+/// at the previous commit's records, so stale bytes after an earlier,
+/// aborted attempt at the same seq are never reached). Also returns where
+/// the walk stopped.
+fn partial_run(
+    found: &HashMap<u64, Found>,
+    ends: &HashMap<u64, u64>,
+    seq: u64,
+    at: u64,
+) -> (Vec<u64>, u64) {
+    let mut run = Vec::new();
+    let mut pos = at;
+    while let Some(&start) = ends.get(&pos) {
+        let f = found[&start];
+        if f.seq != seq || f.kind == KIND_COMMIT {
+            break;
+        }
+        if matches!(f.kind, KIND_PUT | KIND_DELETE) {
+            run.push(start);
+        }
+        pos = start;
+    }
+    run.reverse();
+    (run, pos)
 }

@@ -317,6 +317,19 @@ impl Backend for SimHandle {
         Ok(())
     }
 
+    fn shrink(&self, new_len: u64) -> io::Result<()> {
+        let mut st = self.shared.state();
+        if new_len < st.len {
+            // A file cut and grown again reads zeros there.
+            for w in &self.shared.buf[new_len.div_ceil(8) as usize..st.len.div_ceil(8) as usize] {
+                w.store(0, Ordering::Release);
+            }
+            st.len = new_len;
+            st.durable.truncate(new_len as usize);
+        }
+        Ok(())
+    }
+
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
         let mut st = self.shared.state();
         let n = st.flushes;

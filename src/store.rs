@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::live;
-use crate::options::Options;
+use crate::options::{Durability, Options};
 use crate::readers::SnapshotInfo;
-use crate::txn::{ReadTxn, WriteTxn};
+use crate::txn::{Choose, ReadTxn, WriteTxn};
 use crate::verify::{self, Stats, VerifyReport};
 
 /// An open store. `Send + Sync`: share it between threads with `&` or `Arc`.
@@ -40,9 +40,35 @@ pub struct CompactReport {
     pub bytes_after: u64,
     /// Live records copied out of reclaimed space.
     pub records_moved: u64,
+    /// Bytes of those records.
+    pub bytes_moved: u64,
+    /// Bytes of log extents emptied and retired.
+    pub bytes_retired: u64,
+    /// Bytes freed for reuse now (retired space some snapshot still
+    /// reads is freed later, when it ends).
+    pub bytes_freed: u64,
     /// Wall time the compaction took.
     pub duration: Duration,
 }
+
+/// What [`Store::backup_to`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// The commit the copy holds.
+    pub seq: u64,
+    /// Keys copied.
+    pub keys: u64,
+    /// Size of the new file.
+    pub file_bytes: u64,
+}
+
+/// Keys per commit of a backup.
+const BACKUP_BATCH: u64 = 10_000;
+/// Compaction copies at most this much per commit of its own.
+const COMPACT_STEP: u64 = 4 << 20;
+/// `compact()` empties extents with at least this fraction dead.
+const COMPACT_MIN_DEAD: f64 = 0.05;
 
 impl Store {
     /// Opens the store at `path` read-write, creating it if missing, with
@@ -139,20 +165,185 @@ impl Store {
         result
     }
 
-    /// Reclaims the space of overwritten and deleted records.
+    /// Reclaims the space of overwritten and deleted records now, while
+    /// readers go on reading and other writers go on committing between
+    /// its steps (automatic compaction does the same work a little per
+    /// commit; see [`Options::auto_compact`]).
+    ///
+    /// Copies the newest version of every key out of each log extent with
+    /// dead bytes, in steps of at most 4 MiB (each its own commit), then
+    /// moves live data down into free space below it; a checkpoint then
+    /// lets the emptied extents be reused, as soon as no snapshot (in any
+    /// process) still reads them. When this handle holds the store alone
+    /// (no other handle has it open, in any process), free space at the
+    /// end of the file is cut off.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Options::new()
+    ///     .auto_compact(false)
+    ///     .open(dir.path().join("data.kv"))?;
+    /// for round in 0..20u8 {
+    ///     let mut tx = store.begin_write()?;
+    ///     for k in 0..2_000u32 {
+    ///         tx.put(&k.to_le_bytes(), &[round; 100])?;
+    ///     }
+    ///     tx.commit()?;
+    /// }
+    /// let report = store.compact()?;
+    /// assert!(report.bytes_after < report.bytes_before);
+    /// assert_eq!(store.get(&7u32.to_le_bytes())?, Some(vec![19; 100]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
-    /// `Unsupported` in this version: space reclamation is not built yet.
+    /// `Io`, `Corrupted` (a record that compaction must copy does not read
+    /// back: nothing is retired, the store is as it was), `ReadOnly`.
     pub fn compact(&self) -> Result<CompactReport> {
-        Err(Error::Unsupported { what: "compaction" })
+        self.compact_with_progress(|_| {})
+    }
+
+    /// [`compact`](Self::compact), calling `progress` with the bytes copied
+    /// so far after each step (for a progress bar).
+    pub fn compact_with_progress(&self, mut progress: impl FnMut(u64)) -> Result<CompactReport> {
+        let t0 = Instant::now();
+        let mut report = CompactReport {
+            bytes_before: self.shared.snapshot()?.0.file_len,
+            ..CompactReport::default()
+        };
+        let retired0 = self.shared.snapshot()?.0.retired_total;
+        for choose in [Choose::Dead(COMPACT_MIN_DEAD), Choose::Relocate] {
+            // Each step ends an extent or copies 4 MiB: bounded by the log.
+            let limit = 64 + 2 * report.bytes_before / COMPACT_STEP;
+            for _ in 0..limit {
+                if matches!(choose, Choose::Relocate) {
+                    // Relocation needs the space freed so far.
+                    report.bytes_freed += self.shared.reclaim(false)?.0;
+                }
+                let mut tx = self.begin_write()?;
+                tx.no_auto = true;
+                // Durable at the checkpoint that ends compaction; a crash
+                // before it loses copies, never data.
+                tx.set_durability(Durability::Eventual);
+                let step = tx.compact_step(COMPACT_STEP, choose, true)?;
+                let jumped = !step.active && matches!(choose, Choose::Relocate) && tx.jump_down()?;
+                if !step.active && !jumped {
+                    break;
+                }
+                tx.commit()?;
+                report.records_moved += step.records;
+                report.bytes_moved += step.bytes;
+                progress(report.bytes_moved);
+            }
+        }
+        let (freed, len) = self.shared.reclaim(true)?;
+        report.bytes_freed += freed;
+        report.bytes_after = len;
+        let retired = self.shared.snapshot()?.0.retired_total - retired0;
+        report.bytes_retired = retired;
+        report.duration = t0.elapsed();
+        Ok(report)
+    }
+
+    /// Writes a compacted copy of the newest snapshot to a new store file
+    /// at `dest`, while this handle and others go on reading and writing.
+    /// The copy holds exactly one commit's state, is written under a
+    /// temporary name and renamed into place once durable, opens as a
+    /// normal store and passes [`verify`](Self::verify).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"k", b"v")?;
+    /// let report = store.backup_to(dir.path().join("copy.kv"))?;
+    /// assert_eq!(report.keys, 1);
+    /// let copy = mapkv::Store::open(dir.path().join("copy.kv"))?;
+    /// assert_eq!(copy.get(b"k")?, Some(b"v".to_vec()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `Io` if `dest` exists (it is never overwritten) or cannot be
+    /// written; the source is never changed.
+    pub fn backup_to(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        self.backup_to_with_progress(dest, |_, _| {})
+    }
+
+    /// [`backup_to`](Self::backup_to), calling `progress(keys copied,
+    /// keys in all)` after each batch.
+    pub fn backup_to_with_progress(
+        &self,
+        dest: impl AsRef<Path>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<BackupReport> {
+        let dest = dest.as_ref();
+        let io = |op: &str, e: std::io::Error| Error::Io {
+            path: dest.to_path_buf(),
+            op: op.into(),
+            source: e,
+        };
+        if dest.exists() {
+            return Err(io(
+                "write a backup",
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dest.with_file_name(format!(".{name}.backup-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let snap = self.begin_read()?;
+        let total = snap.len();
+        let result = (|| {
+            let out = Options::new()
+                .auto_compact(false)
+                .durability(Durability::Eventual)
+                .open(&tmp)?;
+            let mut tx = out.begin_write()?;
+            let mut keys = 0;
+            for item in snap.iter() {
+                let (k, v) = item?;
+                tx.put(k, v)?;
+                keys += 1;
+                if keys % BACKUP_BATCH == 0 {
+                    tx.commit()?;
+                    progress(keys, total);
+                    tx = out.begin_write()?;
+                }
+            }
+            tx.commit()?;
+            progress(keys, total);
+            out.sync()?;
+            let file_bytes = out.stats()?.file_bytes;
+            out.close()?;
+            Ok::<_, Error>((keys, file_bytes))
+        })();
+        let (keys, file_bytes) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, dest).map_err(|e| io("rename the backup into place", e))?;
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync the backup's directory", e))?;
+        }
+        Ok(BackupReport {
+            seq: snap.seq(),
+            keys,
+            file_bytes,
+        })
     }
 
     /// Counters describing the newest commit (keys, bytes, index load) and
     /// the snapshots open in every process. Looking at the reader table
     /// clears the entries of processes that died.
     pub fn stats(&self) -> Result<Stats> {
-        let (st, _) = self.shared.snapshot()?;
-        let mut stats = verify::stats(&st);
+        let (_, map) = self.shared.snapshot()?;
+        let (st, space) = self.shared.space_of(&map)?;
+        let mut stats = verify::stats(&st, &space);
         let scan = self.shared.scan_readers();
         stats.open_snapshots = scan.snapshots.len() as u64;
         stats.oldest_snapshot = scan.snapshots.iter().map(|s| s.seq).min();

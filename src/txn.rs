@@ -5,14 +5,15 @@ use std::sync::{Arc, MutexGuard};
 use hashbrown::HashTable;
 
 use crate::changes::Changes;
-use crate::engine::{check_key, check_value, Shared, SnapshotRecords, Writer};
+use crate::engine::{check_key, check_value, extent_size, Shared, SnapshotRecords, Writer};
 use crate::error::Result;
 use crate::format::*;
 use crate::index::Records;
-use crate::live::{self, State};
+use crate::live::State;
 use crate::log::{self, Cursor};
 use crate::options::Durability;
 use crate::readers::Slot;
+use crate::space::{Space, Use};
 use crate::storage::Mapping;
 
 /// A snapshot: one committed state of the store, for as long as it lives.
@@ -140,12 +141,22 @@ impl<'s> ReadTxn<'s> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn iter(&self) -> Iter<'_> {
-        Iter { txn: self, slot: 0 }
+        Iter {
+            txn: self,
+            slot: 0,
+            old: false,
+        }
     }
 
     /// The entry whose newest record is at `head_off`, as this snapshot
-    /// sees it.
-    fn entry<'m>(&self, map: &'m Mapping, head_off: u64) -> Result<Option<(&'m [u8], &'m [u8])>> {
+    /// sees it. From the old table of a moving index (`old`), only a key
+    /// the new table does not have (else it was listed from there).
+    fn entry<'m>(
+        &self,
+        map: &'m Mapping,
+        head_off: u64,
+        old: bool,
+    ) -> Result<Option<(&'m [u8], &'m [u8])>> {
         let recs = SnapshotRecords {
             shared: self.shared,
             base: map,
@@ -161,6 +172,17 @@ impl<'s> ReadTxn<'s> {
                 "record lies past the mapping and remapping failed",
             )
         })?;
+        if old {
+            let hash = hash_key(self.shared.seed, &key);
+            if let crate::index::Probe::Found { .. } = self
+                .st
+                .table()
+                .probe(map, &recs, hash, &key)
+                .map_err(|b| self.shared.bad_slot(b))?
+            {
+                return Ok(None);
+            }
+        }
         Ok(self
             .shared
             .resolve(&recs, map, head, self.st.seq, &key)?
@@ -173,6 +195,9 @@ impl<'s> ReadTxn<'s> {
 pub struct Iter<'t> {
     txn: &'t ReadTxn<'t>,
     slot: u64,
+    /// Walking the old table of an index that is moving (keys not yet in
+    /// the new one).
+    old: bool,
 }
 
 impl<'t> Iterator for Iter<'t> {
@@ -180,21 +205,32 @@ impl<'t> Iterator for Iter<'t> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let txn = self.txn;
-        let (map, table) = (&*txn.map, txn.st.table());
-        while self.slot < table.cap() {
-            let v = table.load(map, self.slot);
-            self.slot += 1;
-            if v == SLOT_EMPTY {
-                continue;
+        let map = &*txn.map;
+        loop {
+            let table = if self.old {
+                txn.st.old_table()?
+            } else {
+                txn.st.table()
+            };
+            while self.slot < table.cap() {
+                let v = table.load(map, self.slot);
+                self.slot += 1;
+                if v == SLOT_EMPTY {
+                    continue;
+                }
+                let found = txn.entry(map, slot_offset(v), self.old);
+                match found {
+                    Ok(Some(kv)) => return Some(Ok(kv)),
+                    Ok(None) => continue,
+                    Err(e) => return Some(Err(e)),
+                }
             }
-            let found = txn.entry(map, slot_offset(v));
-            match found {
-                Ok(Some(kv)) => return Some(Ok(kv)),
-                Ok(None) => continue,
-                Err(e) => return Some(Err(e)),
+            if self.old {
+                return None;
             }
+            self.old = true;
+            self.slot = 0;
         }
-        None
     }
 }
 
@@ -211,6 +247,28 @@ struct Pending {
     off: u64,
     order: u64,
 }
+
+/// How compaction picks the extent to empty.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Choose {
+    /// The sealed extent with the most dead bytes, at least this fraction.
+    Dead(f64),
+    /// The highest sealed extent above free space that could hold a log
+    /// extent (moving live data down, so the end of the file can go).
+    Relocate,
+}
+
+/// What one compaction step did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Step {
+    pub bytes: u64,
+    pub records: u64,
+    /// An extent was being emptied (false: nothing to do).
+    pub active: bool,
+}
+
+/// Automatic compaction waits until sealed extents hold this much.
+const AUTO_COMPACT_MIN: u64 = 4 << 20;
 
 /// The one write transaction of the store (across threads and processes).
 ///
@@ -250,6 +308,15 @@ pub struct WriteTxn<'s> {
     dirty: Vec<(u64, u64)>,
     durability: Durability,
     done: bool,
+    /// The writer's extent table (and its dirty flag) before this
+    /// transaction first changed it: restored if it does not commit.
+    space_undo: Option<(Space, bool)>,
+    /// Extents this transaction retires (compaction emptied them).
+    retired: Vec<(u64, u64)>,
+    /// Bytes of records compaction copied in this transaction.
+    moved: u64,
+    /// Skip automatic compaction at commit (a compaction step of its own).
+    pub(crate) no_auto: bool,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -276,6 +343,10 @@ impl<'s> WriteTxn<'s> {
             dirty: Vec::new(),
             durability: shared.durability,
             done: false,
+            space_undo: None,
+            retired: Vec::new(),
+            moved: 0,
+            no_auto: false,
         }))
     }
 
@@ -356,7 +427,7 @@ impl<'s> WriteTxn<'s> {
             Some(p) => self.shared.header(&self.map, p.off, "own record")?.prev,
             None => match self
                 .shared
-                .head(&self.map, &*self.map, self.base.table(), key)?
+                .head(&self.map, &*self.map, &self.base, key)?
             {
                 Some(head) => return Ok(Some((head.off, head.kind == KIND_PUT))),
                 None => 0,
@@ -370,9 +441,21 @@ impl<'s> WriteTxn<'s> {
     }
 
     fn append(&mut self, kind: u8, hash: u64, prev: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        self.append_flags(kind, 0, hash, prev, key, value)
+    }
+
+    fn append_flags(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        hash: u64,
+        prev: u64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
         let size = record_size(key.len(), value.len());
         let pos = self.reserve(size)?;
-        let h = log::make_header(kind, self.seq(), prev, key, value);
+        let h = log::make_header_flags(kind, flags, self.seq(), prev, key, value);
         log::write_record(&self.map, pos, &h, key, value);
         self.wrote(pos, size, h.crc.get());
         let map = &*self.map;
@@ -409,24 +492,170 @@ impl<'s> WriteTxn<'s> {
     /// extent. On `ENOSPC` nothing was written.
     fn reserve(&mut self, size: u64) -> Result<u64> {
         if self.cur.pos + size + NEXT_RECORD_SIZE > self.cur.end {
-            let len = LOG_EXTENT.max(align_page(size + NEXT_RECORD_SIZE));
-            let off = self.shared.allocate(&mut self.map, &mut self.base, len)?;
-            let body = NextBody {
-                offset: Le64::new(off),
-                len: Le64::new(len),
-            };
-            let h = log::make_header(KIND_NEXT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
-            let at = self.cur.pos;
-            log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
-            self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
-            self.cur = Cursor {
-                pos: off,
-                end: off + len,
-            };
+            self.next_extent(extent_size(&self.base, size + NEXT_RECORD_SIZE))?;
         }
         let pos = self.cur.pos;
         self.cur.pos += size;
         Ok(pos)
+    }
+
+    /// Ends the current extent with a next record naming a new one of
+    /// `len` bytes (the lowest free range that fits, or new space).
+    fn next_extent(&mut self, len: u64) -> Result<()> {
+        let fresh = Use::Log {
+            live: 0,
+            sealed: false,
+            last_seq: 0,
+        };
+        let mut space = std::mem::take(self.space_mut());
+        let got = self
+            .shared
+            .allocate(&mut self.map, &mut self.base, &mut space, len, Some(fresh));
+        // The extent the log leaves is sealed: a compaction candidate once
+        // this commit is older than the one choosing it.
+        if got.is_ok() {
+            space.seal(self.cur.pos, self.seq());
+        }
+        self.w.space = space;
+        let off = got?;
+        let body = NextBody {
+            offset: Le64::new(off),
+            len: Le64::new(len),
+        };
+        let h = log::make_header(KIND_NEXT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
+        let at = self.cur.pos;
+        log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+        self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+        self.cur = Cursor {
+            pos: off,
+            end: off + len,
+        };
+        Ok(())
+    }
+
+    /// The writer's extent table, saved first so that an abort restores it.
+    fn space_mut(&mut self) -> &mut Space {
+        if self.space_undo.is_none() {
+            self.space_undo = Some((self.w.space.clone(), self.w.space_dirty));
+        }
+        self.w.space_dirty = true;
+        &mut self.w.space
+    }
+
+    /// One step of compaction, inside this transaction: copies up to
+    /// `budget` bytes of the records that are the newest version of their
+    /// key out of the extent being emptied (choosing the sealed extent
+    /// with the most dead bytes, at least `min_dead` of it, if none is),
+    /// and retires the extent once all are copied. A key this transaction
+    /// wrote is not copied (its new record supersedes). Returns the bytes
+    /// copied and whether an extent was being emptied at all.
+    ///
+    /// A record that does not read back ends the step with an error
+    /// (`strict`), or takes the extent out of the candidates.
+    pub(crate) fn compact_step(&mut self, budget: u64, choose: Choose, strict: bool) -> Result<Step> {
+        let mut step = Step::default();
+        if self.base.old_index_log2 != 0 {
+            return Ok(step); // not while the index moves (DESIGN.md)
+        }
+        let seq = self.seq();
+        if self.base.victim_off == 0 {
+            let chosen = match choose {
+                Choose::Dead(min_dead) => self.w.space.victim(min_dead, seq),
+                Choose::Relocate => self
+                    .w
+                    .space
+                    .relocation_victim(seq, extent_size(&self.base, 0)),
+            };
+            let Some(e) = chosen else {
+                return Ok(step);
+            };
+            self.base.victim_off = e.off;
+            self.base.victim_pos = e.off;
+        }
+        let victim = self.base.victim_off;
+        let e = match self.w.space.find(victim).map(|i| self.w.space.list[i]) {
+            Some(e) if e.off == victim && matches!(e.use_, Use::Log { sealed: true, .. }) => e,
+            _ => {
+                self.base.victim_off = 0;
+                return Ok(step);
+            }
+        };
+        step.active = true;
+        let map = self.map.clone();
+        let mut pos = self.base.victim_pos.clamp(e.off, e.end());
+        let mut buf = Vec::new();
+        while step.bytes < budget {
+            let rec = match log::read_record(&map, pos, e.end()) {
+                Ok(r) if r.seq < seq => r,
+                Ok(_) | Err(_) => {
+                    let e2 = self.shared.corrupted(pos, "compaction: unreadable record in a sealed log extent");
+                    if strict {
+                        return Err(e2);
+                    }
+                    // Leave the extent alone from now on; verify reports it.
+                    if let Some(Use::Log { sealed, .. }) =
+                        self.space_mut().find(victim).map(|i| &mut self.w.space.list[i].use_)
+                    {
+                        *sealed = false;
+                    }
+                    self.base.victim_off = 0;
+                    return Ok(step);
+                }
+            };
+            if rec.kind == KIND_NEXT {
+                let body = NextBody {
+                    offset: Le64::new(e.off),
+                    len: Le64::new(e.len),
+                };
+                let h = log::make_header(KIND_RETIRE, seq, 0, &[], bytemuck::bytes_of(&body));
+                let at = self.reserve(NEXT_RECORD_SIZE)?;
+                log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+                self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+                self.retired.push((e.off, e.len));
+                return Ok(step);
+            }
+            if matches!(rec.kind, KIND_PUT | KIND_DELETE) {
+                let key = rec.key(&map);
+                let hash = hash_key(self.shared.seed, key);
+                let newest = self.pending_of(hash, key).is_none()
+                    && self
+                        .shared
+                        .head(&map, &*map, &self.base, key)?
+                        .is_some_and(|h| h.off == rec.off);
+                if newest {
+                    buf.clear();
+                    buf.extend_from_slice(key);
+                    buf.extend_from_slice(rec.value(&map));
+                    let (k, v) = buf.split_at(rec.key_len);
+                    self.append_flags(rec.kind, FLAG_MOVED, hash, rec.off, k, v)?;
+                    step.bytes += rec.size();
+                    step.records += 1;
+                    self.moved += rec.size();
+                }
+            }
+            pos += rec.size();
+            self.base.victim_pos = pos;
+        }
+        Ok(step)
+    }
+
+    /// Moves the log on to the lowest free range that can hold a log
+    /// extent, if that lies below the extent the log is in (compaction,
+    /// so the extent it leaves can be relocated). Returns whether it did.
+    pub(crate) fn jump_down(&mut self) -> Result<bool> {
+        let len = extent_size(&self.base, 0);
+        let tail_extent = self.w.space.find(self.cur.pos).map_or(0, |i| self.w.space.list[i].off);
+        let lower = self
+            .w
+            .space
+            .list
+            .iter()
+            .any(|e| e.use_ == Use::Free && e.len >= len && e.off < tail_extent);
+        if !lower {
+            return Ok(false);
+        }
+        self.next_extent(len)?;
+        Ok(true)
     }
 
     /// Makes the transaction's writes visible to every reader at once and,
@@ -444,6 +673,9 @@ impl<'s> WriteTxn<'s> {
     /// have written some pages): it is indeterminate after a crash, and this
     /// handle refuses further writes (`Poisoned`) until reopened.
     pub fn commit(mut self) -> Result<u64> {
+        if self.n_records > 0 && self.shared.auto_compact && !self.no_auto {
+            self.auto_compact()?;
+        }
         if self.n_records == 0 {
             // Nothing to write, but the caller learns seq `base.seq` is
             // durable: flush what `Eventual` commits left, if anything.
@@ -476,8 +708,13 @@ impl<'s> WriteTxn<'s> {
             .iter()
             .filter(|(_, r)| r.kind == KIND_PUT && r.prev == 0)
             .count() as u64;
-        self.shared
-            .ensure_index(&mut self.map, &mut self.base, extra)?;
+        let seq = self.seq();
+        let mut space = std::mem::take(self.space_mut());
+        let grown = self
+            .shared
+            .ensure_index(&mut self.map, &mut self.base, &mut space, extra, seq);
+        self.w.space = space;
+        grown?;
         // 2. The commit record closes the run of records.
         let pos = self.reserve(COMMIT_RECORD_SIZE)?;
         let body = CommitBody {
@@ -513,7 +750,13 @@ impl<'s> WriteTxn<'s> {
         }
         // 4. Index: point each key at its new record (atomic stores).
         let mut map = self.map.clone();
-        if let Err(e) = self.shared.apply(&mut map, &mut st, &finals) {
+        let mut space = std::mem::take(self.space_mut());
+        let seq = st.seq;
+        let applied = self.shared.apply(&mut map, &mut st, &mut space, &finals, seq);
+        self.shared.retire(&mut st, &mut space, &self.retired, seq);
+        st.moved_total += self.moved;
+        self.w.space = space;
+        if let Err(e) = applied {
             // Only a damaged index gets here. The commit is in the log and
             // may be durable: it must not be cleaned up like an abort (the
             // next writer replays it from the log).
@@ -522,10 +765,26 @@ impl<'s> WriteTxn<'s> {
             return Err(e);
         }
         // 5. Publish: readers that begin from now on see the commit.
-        live::publish(&map, &st);
-        self.w.state = st;
+        self.shared.publish(&mut self.w, &map, &mut st);
         self.finish();
         Ok(st.seq)
+    }
+
+    /// Automatic compaction (docs/DESIGN.md, "Compaction"): when dead
+    /// bytes pass the store's threshold, each commit copies up to twice its
+    /// own bytes (at least 64 KiB) out of the deadest extent.
+    fn auto_compact(&mut self) -> Result<()> {
+        let t = self.w.space.totals();
+        let dead = t.sealed_bytes - t.sealed_live;
+        let working = self.base.victim_off != 0;
+        let due = t.sealed_bytes >= AUTO_COMPACT_MIN
+            && dead as f64 >= self.shared.compact_threshold * t.sealed_bytes as f64;
+        if working || due {
+            let budget = (2 * self.bytes).max(64 << 10);
+            let choose = Choose::Dead(self.shared.compact_threshold);
+            self.compact_step(budget, choose, false)?;
+        }
+        Ok(())
     }
 
     /// Discards the transaction's writes (as dropping it does).
@@ -542,6 +801,10 @@ impl<'s> WriteTxn<'s> {
 impl Drop for WriteTxn<'_> {
     fn drop(&mut self) {
         if !self.done {
+            if let Some((space, dirty)) = self.space_undo.take() {
+                self.w.space = space;
+                self.w.space_dirty = dirty;
+            }
             if self.n_records > 0 {
                 // Make the first record unreadable, so no one scanning the
                 // tail reads through the discarded run.

@@ -8,7 +8,8 @@ use crate::engine::{pick_meta, Shared};
 use crate::format::*;
 use crate::index::Probe;
 use crate::live::State;
-use crate::log::{self, Cursor, ExtentRules};
+use crate::log;
+use crate::space::{Space, Use};
 use crate::storage::Mapping;
 
 /// Counters of one committed state, from [`Store::stats`](crate::Store::stats).
@@ -21,14 +22,41 @@ pub struct Stats {
     pub keys: u64,
     /// Bytes of the records holding current values.
     pub live_bytes: u64,
-    /// Bytes of every committed record (current and superseded).
+    /// Bytes of every record ever committed (current and superseded,
+    /// including those compaction reclaimed since).
     pub log_bytes: u64,
-    /// `log_bytes - live_bytes`: space compaction could reclaim.
+    /// Bytes of the log extents in use, written so far.
+    pub log_extent_bytes: u64,
+    /// `log_extent_bytes - live_bytes`: superseded records, deletes,
+    /// commit records — what compaction can reclaim.
     pub dead_bytes: u64,
     /// Size of the file.
     pub file_bytes: u64,
     /// `file_bytes / live_bytes` (0 when there is no live data).
     pub space_amplification: f64,
+    /// Log extents in use (segments).
+    pub segments_in_use: u64,
+    /// Free ranges, ready for reuse.
+    pub segments_free: u64,
+    /// Bytes in them.
+    pub free_bytes: u64,
+    /// Extents compaction emptied that wait for old snapshots (or the next
+    /// checkpoint) before they are reused.
+    pub segments_retired: u64,
+    /// Bytes in them.
+    pub retired_bytes: u64,
+    /// The last commit that retired an extent (`None`: never).
+    pub last_compaction: Option<u64>,
+    /// Bytes of log extents retired since the store was created.
+    pub reclaimed_total: u64,
+    /// Bytes of records compaction copied since the store was created.
+    pub moved_total: u64,
+    /// `ReadTxn::changes_since` can list changes after this commit (older
+    /// ones were reclaimed).
+    pub history_from: u64,
+    /// The index is moving to a new table: slots of the old one still to
+    /// move (0 when it is not moving).
+    pub index_moving: u64,
     /// Slots in the index table.
     pub index_slots: u64,
     /// Slots in use.
@@ -46,15 +74,34 @@ pub struct Stats {
     pub unregistered_readers: bool,
 }
 
-pub(crate) fn stats(st: &State) -> Stats {
+pub(crate) fn stats(st: &State, space: &Space) -> Stats {
     let slots = 1u64 << st.index_log2;
+    let t = space.totals();
+    let in_use: u64 = space
+        .list
+        .iter()
+        .filter(|e| matches!(e.use_, Use::Log { .. }))
+        .map(|e| e.len)
+        .sum::<u64>()
+        .saturating_sub(st.tail_end - st.tail);
     Stats {
         seq: st.seq,
         keys: st.key_count,
         live_bytes: st.live_bytes,
         log_bytes: st.log_bytes,
-        dead_bytes: st.log_bytes.saturating_sub(st.live_bytes),
+        log_extent_bytes: in_use,
+        dead_bytes: in_use.saturating_sub(st.live_bytes),
         file_bytes: st.file_len,
+        segments_in_use: t.log_extents,
+        segments_free: t.free_ranges,
+        free_bytes: t.free_bytes,
+        segments_retired: t.retired_extents,
+        retired_bytes: t.retired_bytes,
+        last_compaction: (st.last_compact_seq > 0).then_some(st.last_compact_seq),
+        reclaimed_total: st.retired_total,
+        moved_total: st.moved_total,
+        history_from: st.history_seq,
+        index_moving: st.old_table().map_or(0, |o| o.cap() - st.migrate_next),
         space_amplification: if st.live_bytes == 0 {
             0.0
         } else {
@@ -142,99 +189,112 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
         push(0, e.to_string());
     }
 
-    // The log, from its first record to the snapshot's commit.
-    let table = st.table();
-    let rules = ExtentRules {
-        file_len: st.file_len.min(map.len()),
-        forbidden: (table.off, table.off + table.bytes()),
-    };
-    let mut cur = Cursor {
-        pos: DATA_START,
-        end: DATA_START + LOG_EXTENT,
+    // The log: every record of every log extent, up to the snapshot's
+    // tail, reads back with its checksum.
+    // The extent table of this very state (if a commit came meanwhile,
+    // the extent checks are skipped: verify a quiet store for all of them).
+    let space = match shared.space_of(map) {
+        Ok((cur, s)) if cur.seq == st.seq => s,
+        Ok(_) => Space::default(),
+        Err(e) => {
+            push(SPACE_WORKING[0], e.to_string());
+            Space::default()
+        }
     };
     let mut records = HashSet::new();
-    let mut seq = 0;
-    while seq < st.seq {
-        match log::scan_commit(map, cur, seq + 1, &rules) {
-            Some(c) => {
-                r.commits += 1;
-                r.records += c.records.len() as u64;
-                records.extend(c.records.iter().map(|x| x.off));
-                cur = c.after;
-                seq = c.seq;
-            }
-            None => {
-                let why = match log::read_record(map, cur.pos, cur.end) {
-                    Err(e) => e.to_string(),
-                    Ok(rec) if rec.seq != seq + 1 => {
-                        format!(
-                            "expected a record of commit {}, found commit {}",
-                            seq + 1,
-                            rec.seq
-                        )
+    let mut live = 0u64;
+    for e in &space.list {
+        let Use::Log { live: l, sealed, .. } = e.use_ else {
+            continue;
+        };
+        live += l;
+        let holds_tail = (e.off..e.end()).contains(&st.tail);
+        let end = if holds_tail { st.tail } else { e.end() };
+        let mut pos = e.off;
+        while pos < end {
+            let rec = match log::read_record(map, pos, e.end()) {
+                Ok(rec) if rec.seq <= st.seq => rec,
+                Ok(rec) => {
+                    push(pos, format!("record of commit {} in a log extent of commit {}", rec.seq, st.seq));
+                    break;
+                }
+                Err(err) => {
+                    if sealed || holds_tail {
+                        push(pos, format!("log extent {}+{}: {err}", e.off, e.len));
                     }
-                    Ok(_) => format!("commit {} is incomplete or inconsistent", seq + 1),
-                };
-                push(
-                    cur.pos,
-                    format!("log ends at commit {seq} of {}: {why}", st.seq),
-                );
+                    break;
+                }
+            };
+            match rec.kind {
+                KIND_PUT | KIND_DELETE => {
+                    r.records += 1;
+                    records.insert(rec.off);
+                }
+                KIND_COMMIT => r.commits += 1,
+                _ => {}
+            }
+            if rec.kind == KIND_NEXT {
                 break;
             }
+            pos += rec.size();
         }
     }
-    let log_complete = seq == st.seq;
-    if log_complete && cur.pos != st.tail {
+    if !space.list.is_empty() && live != st.live_bytes {
         push(
-            cur.pos,
-            format!(
-                "log ends at {} but the store's tail is {}",
-                cur.pos, st.tail
-            ),
+            SPACE_WORKING[0],
+            format!("log extents hold {live} live bytes but the store counts {}", st.live_bytes),
         );
     }
 
     // The index: every slot names a record, is where a probe for its key
-    // lands, and the keys it resolves to add up to the key count.
-    for i in 0..table.cap() {
-        let v = table.load(map, i);
-        if v == SLOT_EMPTY {
-            continue;
-        }
-        let slot_off = table.slot_off(i);
-        let target = slot_offset(v);
-        if log_complete && !records.contains(&target) {
-            push(
-                slot_off,
-                format!("index slot names offset {target}, which is not a record"),
-            );
-            continue;
-        }
-        let head = match shared.header(map, target, "index slot target") {
-            Ok(h) => h,
-            Err(e) => {
-                push(slot_off, e.to_string());
+    // lands, and the keys it resolves to add up to the key count. While
+    // the index moves, a key of the old table counts if the new one does
+    // not have it.
+    let tables = [Some(st.table()), st.old_table()];
+    for (n, table) in tables.into_iter().flatten().enumerate() {
+        for i in 0..table.cap() {
+            let v = table.load(map, i);
+            if v == SLOT_EMPTY {
                 continue;
             }
-        };
-        let key = head.key(map);
-        let hash = hash_key(shared.seed, key);
-        if !slot_matches(v, hash) {
-            push(slot_off, "index slot tag does not match its key".into());
-            continue;
-        }
-        match table.probe(map, map, hash, key) {
-            Ok(Probe::Found { slot, .. }) if slot == i => {}
-            Ok(_) => push(
-                slot_off,
-                "key is unreachable from its home slot or indexed twice".into(),
-            ),
-            Err(b) => push(b.slot_off, shared.bad_slot(b).to_string()),
-        }
-        match shared.resolve(map, map, head, st.seq, key) {
-            Ok(Some(_)) => r.keys += 1,
-            Ok(None) => {}
-            Err(e) => push(slot_off, e.to_string()),
+            let slot_off = table.slot_off(i);
+            let target = slot_offset(v);
+            if !space.list.is_empty() && !records.contains(&target) {
+                push(
+                    slot_off,
+                    format!("index slot names offset {target}, which is not a record in the log"),
+                );
+                continue;
+            }
+            let head = match shared.header(map, target, "index slot target") {
+                Ok(h) => h,
+                Err(e) => {
+                    push(slot_off, e.to_string());
+                    continue;
+                }
+            };
+            let key = head.key(map);
+            let hash = hash_key(shared.seed, key);
+            if !slot_matches(v, hash) {
+                push(slot_off, "index slot tag does not match its key".into());
+                continue;
+            }
+            match table.probe(map, map, hash, key) {
+                Ok(Probe::Found { slot, .. }) if slot == i => {}
+                Ok(_) => push(
+                    slot_off,
+                    "key is unreachable from its home slot or indexed twice".into(),
+                ),
+                Err(b) => push(b.slot_off, shared.bad_slot(b).to_string()),
+            }
+            if n == 1 && matches!(st.table().probe(map, map, hash, key), Ok(Probe::Found { .. })) {
+                continue; // listed from the new table
+            }
+            match shared.resolve(map, map, head, st.seq, key) {
+                Ok(Some(_)) => r.keys += 1,
+                Ok(None) => {}
+                Err(e) => push(slot_off, e.to_string()),
+            }
         }
     }
     if r.keys != st.key_count {

@@ -87,7 +87,7 @@ fn a_store_from_a_newer_format_version_is_refused() {
         Err(
             e @ Error::UnsupportedVersion {
                 found: 99,
-                supported: 1,
+                supported: mapkv::FORMAT_VERSION,
                 ..
             },
         ) => {

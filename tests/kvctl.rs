@@ -444,19 +444,19 @@ fn inspect_decodes_structures_even_when_the_store_cannot_open() {
         text.contains("meta page") && text.contains("(ok)"),
         "{text}"
     );
-    let rec = &json_lines(&kvctl(&db, &["--json", "inspect", "65536"]))[0];
+    let rec = &json_lines(&kvctl(&db, &["--json", "inspect", "524288"]))[0];
     assert_eq!(rec["what"], "log record: put");
     assert_eq!(rec["fields"]["key"], "hello");
     assert_eq!(rec["fields"]["value"], "world");
     // Damage the value and both meta pages: the store no longer opens,
     // inspect still reads, and says the record is damaged.
     let mut bytes = std::fs::read(&db).unwrap();
-    bytes[65536 + 24 + 5] ^= 0x20; // "world" -> "World"
+    bytes[524288 + 24 + 5] ^= 0x20; // "world" -> "World"
     bytes[10] ^= 1;
     bytes[4096 + 10] ^= 1;
     std::fs::write(&db, &bytes).unwrap();
     assert_eq!(code(&kvctl(&db, &["get", "hello"])), 4);
-    let o = kvctl(&db, &["inspect", "0x10000"]);
+    let o = kvctl(&db, &["inspect", "0x80000"]);
     assert_eq!(code(&o), 1);
     let text = stdout(&o);
     assert!(

@@ -202,9 +202,10 @@ fn bank_writer(store: &Store, commits: u64) {
         }
     }
     say(format!(
-        "done {} {}",
+        "done {} {} {}",
         store.begin_read().unwrap().seq(),
-        lens.len() - 1
+        lens.len() - 1,
+        store.stats().unwrap().reclaimed_total
     ));
 }
 
@@ -272,8 +273,12 @@ fn bank_invariant_holds_in_every_snapshot_of_three_reader_processes() {
     let done = writer.expect("done");
     assert_eq!(done[0].parse::<u64>().unwrap(), final_seq);
     let growths: u64 = done[1].parse().unwrap();
-    assert!(growths >= 3, "the file grew only {growths} times");
-    println!("writer: {COMMITS} commits, the file grew {growths} times");
+    let reclaimed: u64 = done[2].parse().unwrap();
+    // The readers followed remaps, and compaction moving records and
+    // reusing extents under them.
+    assert!(growths >= 1, "the file never grew");
+    assert!(reclaimed > 0, "compaction never retired an extent");
+    println!("writer: {COMMITS} commits, the file grew {growths} times, compaction retired {reclaimed} bytes");
     for r in &mut readers {
         let checked = r.expect("checked");
         let (snaps, distinct): (u64, u64) =

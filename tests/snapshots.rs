@@ -111,12 +111,15 @@ fn every_snapshot_sees_a_constant_total() {
     }
     let (sum, _, _) = total(&store);
     assert_eq!(sum, ACCOUNTS as u64 * START);
-    // The file grew (and was remapped) many times during the run.
+    // The file grew (and was remapped) during the run, and compaction
+    // moved records and reused extents under the readers.
     assert!(
-        file_len(&store) > 4 * len_before,
+        file_len(&store) > 2 * len_before,
         "{} vs {len_before}",
         file_len(&store)
     );
+    let stats = store.stats().unwrap();
+    assert!(stats.reclaimed_total > 0 && stats.moved_total > 0, "{stats:?}");
     assert!(store.verify().unwrap().is_ok());
 }
 

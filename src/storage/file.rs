@@ -131,6 +131,12 @@ impl Backend for FileBackend {
         Ok(())
     }
 
+    fn shrink(&self, new_len: u64) -> io::Result<()> {
+        self.faults.ftruncate()?;
+        self.file.set_len(new_len)?;
+        self.file.sync_data()
+    }
+
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
         self.faults.msync()?;
         map.msync(off, len)

@@ -99,6 +99,10 @@ pub(crate) trait Backend: Send + Sync {
     fn file_len(&self) -> io::Result<u64>;
     fn map(&self, len: u64) -> io::Result<Mapping>;
     fn grow(&self, new_len: u64) -> io::Result<()>;
+    /// Cuts the file to `new_len` bytes and makes the length durable.
+    /// Only called by a handle that holds the store alone, after a
+    /// checkpoint that names nothing past `new_len`.
+    fn shrink(&self, new_len: u64) -> io::Result<()>;
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool>;
     fn held_by_others(&self, id: LockId) -> io::Result<bool>;
