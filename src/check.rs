@@ -48,6 +48,12 @@ pub enum Op {
         /// Extra length.
         len: u16,
     },
+    /// Put 150 more keys (`many-{base % 8}-{i}`, small values): enough of
+    /// them make the index move to larger tables over several commits.
+    Many {
+        /// Which group of keys.
+        base: u8,
+    },
     /// Delete key `key % 64`.
     Delete {
         /// Key number.
@@ -72,6 +78,9 @@ pub enum Op {
     Sync,
     /// Close the store (cleanly) and open it again.
     Reopen,
+    /// `Store::compact` (between transactions): its commits change no
+    /// value, and it ends with a checkpoint.
+    Compact,
 }
 
 const KEYS: u8 = 64;
@@ -226,6 +235,19 @@ fn drive_session(
                 t.put(&key_of(*key), &v).map_err(|e| err(e.to_string()))?;
                 m.insert(key_of(*key), v);
             }
+            Op::Many { base } => {
+                if txn.is_none() {
+                    let t = store.begin_write().map_err(|e| err(e.to_string()))?;
+                    txn = Some((t, committed(history)));
+                }
+                let (t, m) = txn.as_mut().expect("just opened");
+                for i in 0..150 {
+                    let k = format!("many-{}-{i:03}", base % 8).into_bytes();
+                    let v = value_of(step * 1000 + i, 8 + i % 24);
+                    t.put(&k, &v).map_err(|e| err(e.to_string()))?;
+                    m.insert(k, v);
+                }
+            }
             Op::Delete { key } => {
                 if txn.is_none() {
                     let t = store.begin_write().map_err(|e| err(e.to_string()))?;
@@ -292,6 +314,22 @@ fn drive_session(
                     store.sync().map_err(|e| err(e.to_string()))?;
                     let seq = history.states.len() as u64 - 1;
                     history.durable.push((disk.flush_count(), seq));
+                }
+            }
+            Op::Compact => {
+                if txn.is_none() {
+                    let seq = |s: &Store| s.begin_read().map(|r| r.seq());
+                    let before = seq(store).map_err(|e| err(e.to_string()))?;
+                    store.compact().map_err(|e| err(format!("compact: {e}")))?;
+                    let after = seq(store).map_err(|e| err(e.to_string()))?;
+                    if before != history.states.len() as u64 - 1 {
+                        return Err(err(format!("compact began at seq {before}")));
+                    }
+                    let same = committed(history);
+                    for _ in before..after {
+                        history.states.push(same.clone());
+                    }
+                    history.durable.push((disk.flush_count(), after));
                 }
             }
             Op::Reopen => {

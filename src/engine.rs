@@ -39,9 +39,12 @@ const MAX_GROWTH: u64 = 256 << 20;
 /// Index slots moved per commit while the index moves to a new table: at
 /// least `MIGRATE_MIN`, and `MIGRATE_PER_KEY` per key the commit writes,
 /// so the move always ends before the new table could fill (it starts at
-/// most half full).
-const MIGRATE_MIN: u64 = 1024;
+/// most half full)...
+const MIGRATE_MIN: u64 = 256;
 const MIGRATE_PER_KEY: u64 = 4;
+/// ... and at least this fraction of the old table, so that a move ends
+/// within this many commits however small they are.
+const MIGRATE_COMMITS: u64 = 256;
 
 /// What every handle of one store shares: the backend, the current mapping
 /// and the writer's state.
@@ -218,7 +221,9 @@ impl State {
         if let Some(o) = self.old_table() {
             let inside = o.off % PAGE_SIZE == 0
                 && o.off >= DATA_START
-                && o.off.checked_add(o.bytes()).is_some_and(|e| e <= self.alloc_end)
+                && o.off
+                    .checked_add(o.bytes())
+                    .is_some_and(|e| e <= self.alloc_end)
                 && o.log2 <= 40
                 && self.migrate_next <= o.cap();
             if !inside {
@@ -918,11 +923,15 @@ impl Shared {
             }
             let h = self.header(map, slot_offset(v), "old index slot target")?;
             if !matches!(h.kind, KIND_PUT | KIND_DELETE) {
-                return Err(self.corrupted(old.slot_off(i), "old index slot names a non-key record"));
+                return Err(
+                    self.corrupted(old.slot_off(i), "old index slot names a non-key record")
+                );
             }
             let key = h.key(map);
             let hash = hash_key(self.seed, key);
-            let probe = new.probe(map, map, hash, key).map_err(|b| self.bad_slot(b))?;
+            let probe = new
+                .probe(map, map, hash, key)
+                .map_err(|b| self.bad_slot(b))?;
             if let (Probe::Vacant { slot }, KIND_PUT) = (probe, h.kind) {
                 new.store(map, slot, v);
                 st.index_used += 1;
@@ -972,7 +981,10 @@ impl Shared {
             .filter(|(_, r)| r.kind == KIND_PUT && r.prev == 0)
             .count() as u64;
         self.ensure_index(map, st, space, extra, seq)?;
-        let budget = MIGRATE_MIN.max(MIGRATE_PER_KEY * finals.len() as u64);
+        let old_cap = st.old_table().map_or(0, |o| o.cap());
+        let budget = MIGRATE_MIN
+            .max(MIGRATE_PER_KEY * finals.len() as u64)
+            .max(old_cap / MIGRATE_COMMITS);
         self.migrate(map, st, space, budget, seq)?;
         let table = st.table();
         for &(hash, rec) in finals {
@@ -1010,7 +1022,13 @@ impl Shared {
     /// Marks the extents a commit retires (compaction copied every record
     /// in them that was the newest version of its key). Commits whose
     /// records were there are no longer listed by `changes_since`.
-    pub(crate) fn retire(&self, st: &mut State, space: &mut Space, retired: &[(u64, u64)], seq: u64) {
+    pub(crate) fn retire(
+        &self,
+        st: &mut State,
+        space: &mut Space,
+        retired: &[(u64, u64)],
+        seq: u64,
+    ) {
         for &(off, len) in retired {
             if let Some(last) = space.retire(off, seq) {
                 st.history_seq = st.history_seq.max(last);
@@ -1120,7 +1138,9 @@ impl Shared {
             // Replay decides "new slot" from the table it finds, where some
             // of the lost process's slot writes may already be: count.
             let t = st.table();
-            st.index_used = (0..t.cap()).filter(|&i| t.load(&map, i) != SLOT_EMPTY).count() as u64;
+            st.index_used = (0..t.cap())
+                .filter(|&i| t.load(&map, i) != SLOT_EMPTY)
+                .count() as u64;
         }
         Ok((st, space))
     }
@@ -1281,7 +1301,10 @@ impl Shared {
         self.settle(&mut w, &map, &mut st, &mut space, &commits)?;
         // The checkpoint's tables become free once the new checkpoint is
         // written (they are unlisted until then, so nothing lands there).
-        let old_tables: Vec<Table> = [Some(st.table()), st.old_table()].into_iter().flatten().collect();
+        let old_tables: Vec<Table> = [Some(st.table()), st.old_table()]
+            .into_iter()
+            .flatten()
+            .collect();
         st.index_off = self.allocate(&mut map, &mut st, &mut space, 8u64 << log2, None)?;
         st.index_log2 = log2 as u64;
         st.old_index_off = 0;
@@ -1448,7 +1471,8 @@ impl Shared {
             // Checkpoint here, before the transaction writes anything: the
             // meta page then never names space the transaction hands out.
             // Also when retired extents wait for one to be reused.
-            let log_due = st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES;
+            let log_due =
+                st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES;
             let waiting: u64 = w
                 .space
                 .list
@@ -1555,7 +1579,8 @@ impl Shared {
         for i in 0..t.cap() {
             new.store(map, i, t.load(map, i));
         }
-        w.space.insert(t.off, t.bytes(), Use::Retired { seq: st.seq + 1 });
+        w.space
+            .insert(t.off, t.bytes(), Use::Retired { seq: st.seq + 1 });
         st.index_off = off;
         w.space_dirty = true;
         Ok(true)
@@ -1753,7 +1778,12 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
             .map_err(|e| io_error(path, "flush the new file", e))
     };
     flush(at, PAGE_SIZE)?;
-    let meta = st.to_meta(backend.new_hash_seed(), 1, true, SpaceRef { at, count, crc });
+    let meta = st.to_meta(
+        backend.new_hash_seed(),
+        1,
+        true,
+        SpaceRef { at, count, crc },
+    );
     map.write_words(META_OFFSETS[1], bytemuck::bytes_of(&meta));
     flush(0, len)?;
     Ok(len)

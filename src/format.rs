@@ -380,7 +380,9 @@ mod tests {
         assert!(matches!(check_meta(&bytes(&m)), MetaCheck::BadMagic));
         m.magic = MAGIC;
         m.version = Le32::new(FORMAT_VERSION + 1);
-        assert!(matches!(check_meta(&bytes(&m)), MetaCheck::NewerVersion(v) if v == FORMAT_VERSION + 1));
+        assert!(
+            matches!(check_meta(&bytes(&m)), MetaCheck::NewerVersion(v) if v == FORMAT_VERSION + 1)
+        );
         m.version = Le32::new(FORMAT_VERSION);
         m.page_size = Le32::new(PAGE_SIZE as u32);
         m.hash_id = Le32::new(HASH_XXH3);

@@ -225,10 +225,22 @@ fn reader_chunk(b: &mut Builder, file: &File, path: &Path, offset: u64) -> Resul
 
 /// An entry of one of the extent tables (pages 16..80).
 fn space_entry(b: &mut Builder, file: &File, path: &Path, offset: u64) -> Result<(String, bool)> {
-    let region = [SPACE_WORKING[0], SPACE_WORKING[1], SPACE_CHECKPOINT[0], SPACE_CHECKPOINT[1]]
-        .into_iter()
-        .rposition(|at| offset >= at);
-    let region_at = region.map_or(0, |r| [SPACE_WORKING[0], SPACE_WORKING[1], SPACE_CHECKPOINT[0], SPACE_CHECKPOINT[1]][r]);
+    let region = [
+        SPACE_WORKING[0],
+        SPACE_WORKING[1],
+        SPACE_CHECKPOINT[0],
+        SPACE_CHECKPOINT[1],
+    ]
+    .into_iter()
+    .rposition(|at| offset >= at);
+    let region_at = region.map_or(0, |r| {
+        [
+            SPACE_WORKING[0],
+            SPACE_WORKING[1],
+            SPACE_CHECKPOINT[0],
+            SPACE_CHECKPOINT[1],
+        ][r]
+    });
     let index = (offset - region_at) / SPACE_ENTRY_SIZE;
     if region.is_none() || index >= SPACE_ENTRIES as u64 {
         return Ok(("reserved header space".into(), true));
@@ -238,7 +250,11 @@ fn space_entry(b: &mut Builder, file: &File, path: &Path, offset: u64) -> Result
     let mut buf = [0u8; SPACE_ENTRY_SIZE as usize];
     buf[..bytes.len()].copy_from_slice(&bytes);
     let e: SpaceEntry = bytemuck::pod_read_unaligned(&buf);
-    let which = if region < Some(2) { "working" } else { "checkpoint" };
+    let which = if region < Some(2) {
+        "working"
+    } else {
+        "checkpoint"
+    };
     b.add("table", format!("{which} extent table at {region_at}"));
     b.add("entry", index);
     b.add("extent", format!("{}+{}", e.off.get(), e.len.get()));
@@ -348,7 +364,11 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
         }
         KIND_NEXT | KIND_RETIRE if val.len() == NEXT_BODY_SIZE => {
             let n: NextBody = bytemuck::pod_read_unaligned(val);
-            let what = if h.kind == KIND_NEXT { "next extent" } else { "retired extent" };
+            let what = if h.kind == KIND_NEXT {
+                "next extent"
+            } else {
+                "retired extent"
+            };
             b.add(what, n.offset.get());
             b.add("extent len", n.len.get());
         }

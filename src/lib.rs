@@ -111,9 +111,9 @@ mod log;
 mod options;
 mod readers;
 mod salvage;
-mod space;
 #[allow(unsafe_code)]
 pub mod sim;
+mod space;
 #[allow(unsafe_code)]
 mod storage;
 mod store;

@@ -222,7 +222,10 @@ impl ExtentRules {
             && off % PAGE_SIZE == 0
             && len >= PAGE_SIZE
             && end <= self.file_len
-            && self.forbidden.iter().all(|&(fa, fb)| end <= fa || off >= fb)
+            && self
+                .forbidden
+                .iter()
+                .all(|&(fa, fb)| end <= fa || off >= fb)
     }
 }
 

@@ -25,7 +25,9 @@ pub(crate) enum Use {
         last_seq: u64,
     },
     /// Retired by commit `seq`: no snapshot at `seq` or later reads it.
-    Retired { seq: u64 },
+    Retired {
+        seq: u64,
+    },
     Free,
 }
 
@@ -85,12 +87,19 @@ impl Space {
     /// past every entry), as `use_` (or unlisted). Replay may also claim
     /// retired space (`retired_ok`): the writer that logged the extent had
     /// freed it, and died before it published that.
-    pub fn claim(&mut self, off: u64, len: u64, use_: Option<Use>, retired_ok: bool) -> Result<(), Bad> {
+    pub fn claim(
+        &mut self,
+        off: u64,
+        len: u64,
+        use_: Option<Use>,
+        retired_ok: bool,
+    ) -> Result<(), Bad> {
         let end = off + len;
         match self.find(off) {
             Some(i) => {
                 let e = self.list[i];
-                let claimable = e.use_ == Use::Free || (retired_ok && matches!(e.use_, Use::Retired { .. }));
+                let claimable =
+                    e.use_ == Use::Free || (retired_ok && matches!(e.use_, Use::Retired { .. }));
                 if !claimable || end > e.end() {
                     return Err(format!(
                         "extent {off}..{end} is not free space (it overlaps {}..{})",
@@ -197,7 +206,9 @@ impl Space {
         let mut out: Vec<Extent> = Vec::with_capacity(self.list.len());
         for e in self.list.drain(..) {
             match out.last_mut() {
-                Some(last) if last.use_ == Use::Free && e.use_ == Use::Free && last.end() == e.off => {
+                Some(last)
+                    if last.use_ == Use::Free && e.use_ == Use::Free && last.end() == e.off =>
+                {
                     last.len += e.len;
                 }
                 _ => out.push(e),

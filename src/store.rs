@@ -226,7 +226,8 @@ impl Store {
                 // before it loses copies, never data.
                 tx.set_durability(Durability::Eventual);
                 let step = tx.compact_step(COMPACT_STEP, choose, true)?;
-                let jumped = !step.active && matches!(choose, Choose::Relocate) && tx.jump_down()?;
+                let jumped =
+                    !step.active && matches!(choose, Choose::Relocate) && tx.jump_down()?;
                 if !step.active && !jumped {
                     break;
                 }

@@ -268,7 +268,7 @@ pub(crate) struct Step {
 }
 
 /// Automatic compaction waits until sealed extents hold this much.
-const AUTO_COMPACT_MIN: u64 = 4 << 20;
+const AUTO_COMPACT_MIN: u64 = 2 << 20;
 
 /// The one write transaction of the store (across threads and processes).
 ///
@@ -425,10 +425,7 @@ impl<'s> WriteTxn<'s> {
     ) -> Result<Option<(u64, bool)>> {
         let off = match pending {
             Some(p) => self.shared.header(&self.map, p.off, "own record")?.prev,
-            None => match self
-                .shared
-                .head(&self.map, &*self.map, &self.base, key)?
-            {
+            None => match self.shared.head(&self.map, &*self.map, &self.base, key)? {
                 Some(head) => return Ok(Some((head.off, head.kind == KIND_PUT))),
                 None => 0,
             },
@@ -552,7 +549,12 @@ impl<'s> WriteTxn<'s> {
     ///
     /// A record that does not read back ends the step with an error
     /// (`strict`), or takes the extent out of the candidates.
-    pub(crate) fn compact_step(&mut self, budget: u64, choose: Choose, strict: bool) -> Result<Step> {
+    pub(crate) fn compact_step(
+        &mut self,
+        budget: u64,
+        choose: Choose,
+        strict: bool,
+    ) -> Result<Step> {
         let mut step = Step::default();
         if self.base.old_index_log2 != 0 {
             return Ok(step); // not while the index moves (DESIGN.md)
@@ -588,13 +590,17 @@ impl<'s> WriteTxn<'s> {
             let rec = match log::read_record(&map, pos, e.end()) {
                 Ok(r) if r.seq < seq => r,
                 Ok(_) | Err(_) => {
-                    let e2 = self.shared.corrupted(pos, "compaction: unreadable record in a sealed log extent");
+                    let e2 = self
+                        .shared
+                        .corrupted(pos, "compaction: unreadable record in a sealed log extent");
                     if strict {
                         return Err(e2);
                     }
                     // Leave the extent alone from now on; verify reports it.
-                    if let Some(Use::Log { sealed, .. }) =
-                        self.space_mut().find(victim).map(|i| &mut self.w.space.list[i].use_)
+                    if let Some(Use::Log { sealed, .. }) = self
+                        .space_mut()
+                        .find(victim)
+                        .map(|i| &mut self.w.space.list[i].use_)
                     {
                         *sealed = false;
                     }
@@ -644,7 +650,11 @@ impl<'s> WriteTxn<'s> {
     /// so the extent it leaves can be relocated). Returns whether it did.
     pub(crate) fn jump_down(&mut self) -> Result<bool> {
         let len = extent_size(&self.base, 0);
-        let tail_extent = self.w.space.find(self.cur.pos).map_or(0, |i| self.w.space.list[i].off);
+        let tail_extent = self
+            .w
+            .space
+            .find(self.cur.pos)
+            .map_or(0, |i| self.w.space.list[i].off);
         let lower = self
             .w
             .space
@@ -752,7 +762,9 @@ impl<'s> WriteTxn<'s> {
         let mut map = self.map.clone();
         let mut space = std::mem::take(self.space_mut());
         let seq = st.seq;
-        let applied = self.shared.apply(&mut map, &mut st, &mut space, &finals, seq);
+        let applied = self
+            .shared
+            .apply(&mut map, &mut st, &mut space, &finals, seq);
         self.shared.retire(&mut st, &mut space, &self.retired, seq);
         st.moved_total += self.moved;
         self.w.space = space;

@@ -204,7 +204,10 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
     let mut records = HashSet::new();
     let mut live = 0u64;
     for e in &space.list {
-        let Use::Log { live: l, sealed, .. } = e.use_ else {
+        let Use::Log {
+            live: l, sealed, ..
+        } = e.use_
+        else {
             continue;
         };
         live += l;
@@ -215,7 +218,13 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
             let rec = match log::read_record(map, pos, e.end()) {
                 Ok(rec) if rec.seq <= st.seq => rec,
                 Ok(rec) => {
-                    push(pos, format!("record of commit {} in a log extent of commit {}", rec.seq, st.seq));
+                    push(
+                        pos,
+                        format!(
+                            "record of commit {} in a log extent of commit {}",
+                            rec.seq, st.seq
+                        ),
+                    );
                     break;
                 }
                 Err(err) => {
@@ -242,7 +251,10 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
     if !space.list.is_empty() && live != st.live_bytes {
         push(
             SPACE_WORKING[0],
-            format!("log extents hold {live} live bytes but the store counts {}", st.live_bytes),
+            format!(
+                "log extents hold {live} live bytes but the store counts {}",
+                st.live_bytes
+            ),
         );
     }
 
@@ -287,7 +299,12 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
                 ),
                 Err(b) => push(b.slot_off, shared.bad_slot(b).to_string()),
             }
-            if n == 1 && matches!(st.table().probe(map, map, hash, key), Ok(Probe::Found { .. })) {
+            if n == 1
+                && matches!(
+                    st.table().probe(map, map, hash, key),
+                    Ok(Probe::Found { .. })
+                )
+            {
                 continue; // listed from the new table
             }
             match shared.resolve(map, map, head, st.seq, key) {

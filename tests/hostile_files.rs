@@ -131,7 +131,8 @@ fn regenerate_seed_stores() {
         for round in 0..rounds {
             let mut tx = store.begin_write().unwrap();
             for k in 0..40u8 {
-                tx.put(&[b'k', k], &vec![round; 10 + k as usize * 3]).unwrap();
+                tx.put(&[b'k', k], &vec![round; 10 + k as usize * 3])
+                    .unwrap();
             }
             if round % 2 == 1 {
                 tx.delete(&[b'k', round]).unwrap();

@@ -338,6 +338,44 @@ fn a_reader_process_keeps_its_snapshot_while_the_file_grows_under_it() {
     reader.finish();
 }
 
+#[test]
+fn a_reader_process_keeps_its_old_values_while_compaction_reclaims_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("compact.kv");
+    let store = Store::open(&db).unwrap();
+    for i in 0..200u32 {
+        store.put(&i.to_le_bytes(), &[1u8; 100]).unwrap();
+    }
+    let mut reader = Proc::spawn("old-snapshot", &db, &[]);
+    let held: u64 = reader.expect("holding")[0].parse().unwrap();
+    // Overwrite everything six times, compacting after each round: the
+    // extents holding the reader's values are emptied and retired.
+    for round in 0..6u8 {
+        let mut tx = store.begin_write().unwrap();
+        for i in 0..200u32 {
+            tx.put(&i.to_le_bytes(), &vec![round + 2; 8_000]).unwrap();
+        }
+        tx.commit().unwrap();
+        let report = store.compact().unwrap();
+        // Another process has the store open: the file is never cut.
+        assert!(report.bytes_after >= report.bytes_before, "{report:?}");
+    }
+    let stats = store.stats().unwrap();
+    assert!(stats.reclaimed_total > 0, "{stats:?}");
+    // The reader's snapshot still needs the first extents: not reused.
+    assert!(stats.retired_bytes > 0, "{stats:?}");
+    assert_eq!(stats.oldest_snapshot, Some(held));
+    reader.tell("check");
+    reader.expect("ok");
+    reader.finish();
+    // Once it is gone, they are freed, and alone the file shrinks.
+    let report = store.compact().unwrap();
+    let after = store.stats().unwrap();
+    assert_eq!(after.retired_bytes, 0, "{after:?}");
+    assert!(report.bytes_after < report.bytes_before, "{report:?}");
+    assert!(store.verify().unwrap().is_ok());
+}
+
 fn old_snapshot_child(store: &Store) {
     let snap = store.begin_read().unwrap();
     let len0 = store.stats().unwrap().file_bytes;

@@ -119,7 +119,10 @@ fn every_snapshot_sees_a_constant_total() {
         file_len(&store)
     );
     let stats = store.stats().unwrap();
-    assert!(stats.reclaimed_total > 0 && stats.moved_total > 0, "{stats:?}");
+    assert!(
+        stats.reclaimed_total > 0 && stats.moved_total > 0,
+        "{stats:?}"
+    );
     assert!(store.verify().unwrap().is_ok());
 }
 

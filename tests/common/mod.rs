@@ -34,6 +34,7 @@ pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Ve
                 87..=89 => Op::DropSnapshot,
                 90..=92 => Op::Sync,
                 93..=95 if reopen => Op::Reopen,
+                96..=97 => Op::Compact,
                 _ => Op::Commit,
             }
         })
