@@ -29,8 +29,10 @@ pub struct SalvageReport {
     /// The newest of them.
     pub newest_seq: u64,
     /// Runs of commit seqs below `newest_seq` whose commit record was not
-    /// found intact (damaged, or reclaimed by compaction, which first
-    /// copies the newest version of every key out): `(first, last)`.
+    /// found intact: `(first, last)`. Commits that compaction reclaimed
+    /// (it copies the newest version of every key out first) are not
+    /// listed when a meta page says which they are; when both meta pages
+    /// are damaged they are.
     pub lost_commits: Vec<(u64, u64)>,
     /// Commits whose commit record is intact but whose run of records is
     /// not all there (part of it was reclaimed by compaction, or damaged):
@@ -181,8 +183,21 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
     }
     report.commits = complete.len() as u64;
     report.newest_seq = complete.keys().next_back().copied().unwrap_or(0);
-    let mut expect = 1;
-    for &seq in complete.keys() {
+    // Commits compaction reclaimed (a meta page that still checks out says
+    // up to where) are not lost: their live records were copied first.
+    let reclaimed = META_OFFSETS
+        .iter()
+        .filter_map(|&at| {
+            let bytes: [u8; META_SIZE] = source.read(at, META_SIZE)?.try_into().ok()?;
+            match check_meta(&bytes) {
+                MetaCheck::Ok(m) => Some(m.history_seq.get()),
+                _ => None,
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    let mut expect = reclaimed + 1;
+    for &seq in complete.keys().filter(|&&s| s > reclaimed) {
         if seq > expect {
             report.lost_commits.push((expect, seq - 1));
         }
