@@ -301,7 +301,7 @@ impl Backend for SimHandle {
         Ok(unsafe { Mapping::new(self.shared.base(), len, true, Owner::Sim { _keep: owner }) })
     }
 
-    fn grow(&self, new_len: u64) -> io::Result<()> {
+    fn grow(&self, new_len: u64, _for_table: bool) -> io::Result<()> {
         let mut st = self.shared.state();
         if st.fail_grows > 0 {
             st.fail_grows -= 1;
@@ -314,6 +314,11 @@ impl Backend for SimHandle {
             st.len = new_len;
             st.durable.resize(new_len as usize, 0);
         }
+        Ok(())
+    }
+
+    fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
+        crate::storage::write_zeros(map, off, len);
         Ok(())
     }
 

@@ -84,12 +84,28 @@ pub(crate) fn ofd_held_by_others(file: &File, byte: u64) -> io::Result<bool> {
 /// Allocates `[off, off + len)` without changing the file size. Returns
 /// `ErrorKind::Unsupported` where the file system cannot.
 pub(crate) fn fallocate_keep_size(file: &File, off: u64, len: u64) -> io::Result<()> {
+    fallocate(file, libc::FALLOC_FL_KEEP_SIZE, off, len)
+}
+
+/// Makes `[off, off + len)` read as zeros without writing them (the file
+/// system marks the blocks unwritten and drops their cached pages);
+/// `Unsupported` where the file system cannot.
+pub(crate) fn zero_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        file,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        off,
+        len,
+    )
+}
+
+fn fallocate(file: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
     loop {
         // SAFETY: plain syscall on an open descriptor with integer arguments.
         let r = unsafe {
             libc::fallocate(
                 file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
+                mode,
                 off as libc::off_t,
                 len as libc::off_t,
             )
@@ -108,6 +124,28 @@ pub(crate) fn fallocate_keep_size(file: &File, off: u64, len: u64) -> io::Result
 
 /// Drops the (clean) page-cache pages of `[off, off + len)`. Advice only:
 /// errors are ignored, nothing depends on it for correctness.
+/// Writes the dirty pages of `[off, off + len)` and waits for them: the
+/// range's data only, no other dirty page of the file and no journal
+/// commit (`sync_file_range`).
+pub(crate) fn write_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    loop {
+        // SAFETY: plain syscall on an open descriptor with integer arguments.
+        let r = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, flags)
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
 pub(crate) fn drop_cached(file: &File, off: u64, len: u64) {
     // SAFETY: plain syscall on an open descriptor with integer arguments;
     // it cannot affect memory safety (mapped pages are refetched on fault).

@@ -98,7 +98,16 @@ pub(crate) trait Backend: Send + Sync {
     fn shared_writable(&self) -> bool;
     fn file_len(&self) -> io::Result<u64>;
     fn map(&self, len: u64) -> io::Result<Mapping>;
-    fn grow(&self, new_len: u64) -> io::Result<()>;
+    /// Grows the file to `new_len` with blocks reserved, length durable.
+    /// For log space (`for_table` false) the blocks are also written with
+    /// zeros (see docs/DESIGN.md, "Growth"); for an index table they are
+    /// left unwritten, which reads as zeros with no I/O — its slots are
+    /// written all over, and faulting written pages back from disk one at
+    /// a time would cost a read each.
+    fn grow(&self, new_len: u64, for_table: bool) -> io::Result<()>;
+    /// Makes `[off, off + len)` (inside the file) read as zeros, cheaply
+    /// where the file system can; durable with the next flush of the map.
+    fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     /// Cuts the file to `new_len` bytes and makes the length durable.
     /// Only called by a handle that holds the store alone, after a
     /// checkpoint that names nothing past `new_len`.
@@ -304,5 +313,17 @@ impl Mapping {
         let addr = self.futex_addr(off);
         // SAFETY: as in `wait`.
         unsafe { crate::sys::futex_wake(addr) }
+    }
+}
+
+/// Writes zeros over `[off, off + len)` through the map: space the writer
+/// just allocated (rule 3: nobody else can see it yet).
+pub(crate) fn write_zeros(map: &Mapping, off: u64, len: u64) {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut p = off;
+    while p < off + len {
+        let n = (off + len - p).min(zeros.len() as u64);
+        map.write(p, &zeros[..n as usize]);
+        p += n;
     }
 }
