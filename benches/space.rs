@@ -89,7 +89,10 @@ fn overwrite(dir: &std::path::Path) {
     let s = store.stats().unwrap();
     let report = store.compact().unwrap();
     let after = store.stats().unwrap();
-    println!("overwrite: {keys} keys, {puts} puts in durable commits of 100 ({:.0} puts/s)", puts as f64 / secs);
+    println!(
+        "overwrite: {keys} keys, {puts} puts in durable commits of 100 ({:.0} puts/s)",
+        puts as f64 / secs
+    );
     println!(
         "  file / live records: max {worst:.2} over {samples} samples (max {worst_raw:.2} x raw key+value bytes)"
     );
@@ -119,7 +122,11 @@ fn bulk(dir: &std::path::Path) {
     let mut i = 0;
     while i < n {
         let t = Instant::now();
-        let f0 = if std::env::var("DBG").is_ok() { store.stats().unwrap().file_bytes } else { 0 };
+        let f0 = if std::env::var("DBG").is_ok() {
+            store.stats().unwrap().file_bytes
+        } else {
+            0
+        };
         let t = if f0 > 0 { Instant::now() } else { t };
         let mut tx = store.begin_write().unwrap();
         let tb = t.elapsed();
@@ -131,7 +138,13 @@ fn bulk(dir: &std::path::Path) {
         lat.push(t.elapsed());
         if f0 > 0 && t.elapsed() > Duration::from_millis(30) {
             let s = store.stats().unwrap();
-            eprintln!("slow commit at {i}: {:?} (begin {tb:?}, puts {tp:?}); file {} -> {}, moving {}", t.elapsed(), f0, s.file_bytes, s.index_moving);
+            eprintln!(
+                "slow commit at {i}: {:?} (begin {tb:?}, puts {tp:?}); file {} -> {}, moving {}",
+                t.elapsed(),
+                f0,
+                s.file_bytes,
+                s.index_moving
+            );
         }
         i += 1_000;
         if i % 100_000 == 0 && store.stats().unwrap().index_moving > 0 {
@@ -215,7 +228,10 @@ fn reads(dir: &std::path::Path) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let all = args.is_empty();
     let dir = tempfile::tempdir_in(".").unwrap();
     if all || args.iter().any(|a| a == "overwrite") {

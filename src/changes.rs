@@ -120,7 +120,7 @@ impl<'t> Changes<'t> {
                     continue;
                 }
                 // Compaction's copies and retirements change no value.
-                KIND_RETIRE => {
+                KIND_RETIRE | KIND_INDEX => {
                     pos += rec.size();
                     continue;
                 }

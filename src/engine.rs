@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::{BadSlot, Probe, Records, Table};
 use crate::live::{self, State};
-use crate::log::{self, Cursor, ExtentRules, Record, ScannedCommit};
+use crate::log::{self, Cursor, ExtentRules, IndexMove, Record, ScannedCommit};
 use crate::options::{Durability, Options};
 use crate::readers::{self, RegisterError, Registry, Slot};
 use crate::space::{Space, Use};
@@ -511,6 +511,11 @@ impl Shared {
                 format!("file is {file_len} bytes but the store needs {len}: truncated?"),
             ));
         }
+        if m.reserved() >= len {
+            // The file grew into the address space already mapped.
+            m.extend(file_len);
+            return Ok(m);
+        }
         let m = Arc::new(
             self.backend
                 .map(file_len)
@@ -834,7 +839,8 @@ impl Shared {
         size: u64,
         use_: Option<Use>,
     ) -> Result<u64> {
-        self.allocate_zeroed(map, st, space, size, use_).map(|(off, _)| off)
+        self.allocate_zeroed(map, st, space, size, use_)
+            .map(|(off, _)| off)
     }
 
     /// [`allocate`](Self::allocate), also saying whether the range is
@@ -880,33 +886,28 @@ impl Shared {
         Ok((off, fresh))
     }
 
-    /// Makes room in the index for `extra` new keys. When the table would
-    /// pass its load limit, or holds more deleted keys than live ones, a
-    /// new table (sized for the live keys at half load) is allocated and
-    /// zeroed, and the index starts moving to it: `migrate` moves a bounded
-    /// number of slots per commit, and lookups meanwhile try the new table
-    /// first, then the old one (docs/DESIGN.md, "Index growth").
-    pub(crate) fn ensure_index(
-        &self,
-        map: &mut Arc<Mapping>,
-        st: &mut State,
-        space: &mut Space,
-        extra: u64,
-        seq: u64,
-    ) -> Result<()> {
+    /// Whether the index must start moving to a new table for `extra` new
+    /// keys: when the table would pass its load limit, or holds more
+    /// deleted keys than live ones (and over a quarter). While a move is
+    /// under way, only if the new table would fill before it ends (then it
+    /// is finished at once first). The decision rests on `index_used`,
+    /// which replay may count differently, so it is logged (an index
+    /// record) and replay follows the log (docs/DESIGN.md, "Index growth").
+    pub(crate) fn index_move_needed(&self, st: &State, extra: u64) -> Result<Option<IndexMove>> {
+        let mut finish = false;
         if st.old_table().is_some() {
             if st.table().fits(st.index_used + st.migrate_left, extra) {
-                return Ok(());
+                return Ok(None);
             }
-            // The new table would fill before the move ends: end it now.
-            self.migrate(map, st, space, u64::MAX, seq)?;
-        }
-        let t = st.table();
-        let deleted = st.index_used.saturating_sub(st.key_count);
-        let grow = !t.fits(st.index_used, extra);
-        let clean = t.log2 > MIN_INDEX_LOG2 && deleted > t.cap() / 4 && deleted > st.key_count;
-        if !grow && !clean {
-            return Ok(());
+            finish = true;
+        } else {
+            let t = st.table();
+            let deleted = st.index_used.saturating_sub(st.key_count);
+            let grow = !t.fits(st.index_used, extra);
+            let clean = t.log2 > MIN_INDEX_LOG2 && deleted > t.cap() / 4 && deleted > st.key_count;
+            if !grow && !clean {
+                return Ok(None);
+            }
         }
         let keys = st.key_count + extra;
         let mut log2 = MIN_INDEX_LOG2;
@@ -918,6 +919,18 @@ impl Shared {
                 path: self.path.clone(),
             });
         }
+        Ok(Some(IndexMove { log2, finish }))
+    }
+
+    /// Space for the table of an index move, zeroed: allocated before the
+    /// commit record (a full disk fails there, with nothing committed).
+    pub(crate) fn index_table(
+        &self,
+        map: &mut Arc<Mapping>,
+        st: &mut State,
+        space: &mut Space,
+        log2: u32,
+    ) -> Result<u64> {
         let bytes = 8u64 << log2;
         let (off, fresh) = self.allocate_zeroed(map, st, space, bytes, None)?;
         // Allocated space may hold bytes of an aborted transaction or of
@@ -925,16 +938,39 @@ impl Shared {
         // (and writing it through the map would fault every page in now,
         // in this commit, instead of slot by slot as the move fills it).
         if !fresh {
-            self.backend
-                .zero_range(map, off, bytes)
-                .map_err(|e| self.io(format!("zero {bytes} bytes at {off} for an index table"), e))?;
+            self.backend.zero_range(map, off, bytes).map_err(|e| {
+                self.io(format!("zero {bytes} bytes at {off} for an index table"), e)
+            })?;
+        }
+        Ok(off)
+    }
+
+    /// Starts the index move a commit logged, into the (zeroed) table at
+    /// `off`, after finishing the move under way if it says so.
+    fn start_move(
+        &self,
+        map: &Mapping,
+        st: &mut State,
+        space: &mut Space,
+        mv: IndexMove,
+        off: u64,
+        seq: u64,
+    ) -> Result<()> {
+        if mv.finish {
+            self.migrate(map, st, space, u64::MAX, seq)?;
+        }
+        if mv.log2 == 0 {
+            return Ok(()); // only finish (compaction waits for no move)
+        }
+        if st.old_table().is_some() {
+            return Err(self.corrupted(off, "an index move starts while another is under way"));
         }
         st.old_index_off = st.index_off;
         st.old_index_log2 = st.index_log2;
         st.migrate_next = 0;
         st.migrate_left = st.key_count;
         st.index_off = off;
-        st.index_log2 = log2 as u64;
+        st.index_log2 = mv.log2 as u64;
         st.index_used = 0;
         Ok(())
     }
@@ -1017,12 +1053,11 @@ impl Shared {
         space: &mut Space,
         finals: &[(u64, Record)],
         seq: u64,
+        index_move: Option<(IndexMove, u64)>,
     ) -> Result<()> {
-        let extra = finals
-            .iter()
-            .filter(|(_, r)| r.kind == KIND_PUT && r.prev == 0)
-            .count() as u64;
-        self.ensure_index(map, st, space, extra, seq)?;
+        if let Some((mv, off)) = index_move {
+            self.start_move(map, st, space, mv, off, seq)?;
+        }
         let old_cap = st.old_table().map_or(0, |o| o.cap());
         let budget = MIGRATE_MIN
             .max(MIGRATE_PER_KEY * finals.len() as u64)
@@ -1109,7 +1144,12 @@ impl Shared {
             }
         }
         drop(last);
-        self.apply(map, st, space, &finals, c.seq)?;
+        let index_move = match c.index {
+            Some(mv) if mv.log2 == 0 => Some((mv, 0)),
+            Some(mv) => Some((mv, self.index_table(map, st, space, mv.log2)?)),
+            None => None,
+        };
+        self.apply(map, st, space, &finals, c.seq, index_move)?;
         self.retire(st, space, &c.retired, c.seq);
         st.moved_total += moved;
         st.seq = c.seq;
@@ -1457,7 +1497,14 @@ impl Shared {
         let at = other_space_copy(&newest);
         let (count, crc) = f.space.store(map, at, true);
         self.flush(w, map, at, SPACE_ENTRIES as u64 * SPACE_ENTRY_SIZE)?;
-        self.write_meta(w, map, &f.st, SpaceRef { at, count, crc }, generation, false)?;
+        self.write_meta(
+            w,
+            map,
+            &f.st,
+            SpaceRef { at, count, crc },
+            generation,
+            false,
+        )?;
         st.meta_gen = generation;
         st.meta_clean = 0;
         st.ckpt_log_bytes = f.st.log_bytes;

@@ -208,6 +208,12 @@ pub const KIND_NEXT: u8 = 4;
 /// there is the newest version of its key any more (compaction copied them).
 pub const KIND_RETIRE: u8 = 5;
 
+/// Says its commit starts moving the index to a new table of `2^log2`
+/// slots (its [`NextBody`] holds `log2` in `offset`, and in `len` 1 if the
+/// move under way is first finished at once, else 0). Logged so that
+/// replay starts every move at the very commit the original run did.
+pub const KIND_INDEX: u8 = 6;
+
 /// Record flag (puts and deletes): a copy compaction made of the key's
 /// newest version; the key's value did not change.
 pub const FLAG_MOVED: u8 = 1;
@@ -289,7 +295,7 @@ impl RecordHeader {
             KIND_PUT => (field + 1, val_len <= MAX_VALUE_LEN),
             KIND_DELETE => (field + 1, val_len == 0),
             KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
-            KIND_NEXT | KIND_RETIRE => (0, field == 0 && val_len == NEXT_BODY_SIZE),
+            KIND_NEXT | KIND_RETIRE | KIND_INDEX => (0, field == 0 && val_len == NEXT_BODY_SIZE),
             _ => return None,
         })
     }

@@ -301,6 +301,7 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
         KIND_COMMIT => ("commit", 0),
         KIND_NEXT => ("next", 0),
         KIND_RETIRE => ("retire", 0),
+        KIND_INDEX => ("index", 0),
         _ => {
             // Not a record: show the word as an index slot would read it.
             let w = word(&hdr, 0);
@@ -361,6 +362,11 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
             b.add("txn_start", c.txn_start.get());
             b.add("n_records", c.n_records.get());
             b.add("chain_crc", format!("{:#010x}", c.chain_crc.get()));
+        }
+        KIND_INDEX if val.len() == NEXT_BODY_SIZE => {
+            let n: NextBody = bytemuck::pod_read_unaligned(val);
+            b.add("new table log2", n.offset.get());
+            b.add("finish the move under way first", n.len.get() == 1);
         }
         KIND_NEXT | KIND_RETIRE if val.len() == NEXT_BODY_SIZE => {
             let n: NextBody = bytemuck::pod_read_unaligned(val);

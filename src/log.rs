@@ -204,6 +204,16 @@ pub(crate) struct ScannedCommit {
     pub extents: Vec<(u64, u64)>,
     /// Extents the commit retires (retire records).
     pub retired: Vec<(u64, u64)>,
+    /// The index move the commit starts (an index record).
+    pub index: Option<IndexMove>,
+}
+
+/// An index move a commit starts: the new table's size, and whether the
+/// move under way is finished at once first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexMove {
+    pub log2: u32,
+    pub finish: bool,
 }
 
 /// Which extents a next record may name: inside the file, after the fixed
@@ -245,6 +255,7 @@ pub(crate) fn scan_commit(
     let mut bytes = 0u64;
     let mut extents = Vec::new();
     let mut retired = Vec::new();
+    let mut index = None;
     loop {
         let rec = read_header(map, cur.pos, cur.end).ok()?;
         // Cheap rejection of stale bytes before the checksum.
@@ -274,6 +285,22 @@ pub(crate) fn scan_commit(
                 };
                 extents.push((off, len));
             }
+            KIND_INDEX => {
+                let body: NextBody = bytemuck::pod_read_unaligned(rec.value(map));
+                let log2 = u32::try_from(body.offset.get()).ok()?;
+                let finish_only = log2 == 0 && body.len.get() == 1;
+                let valid = finish_only || (MIN_INDEX_LOG2..=40).contains(&log2);
+                if !valid || body.len.get() > 1 || index.is_some() {
+                    return None;
+                }
+                chain.update(&rec.crc.to_le_bytes());
+                n += 1;
+                index = Some(IndexMove {
+                    log2,
+                    finish: body.len.get() == 1,
+                });
+                cur.pos += rec.size();
+            }
             KIND_RETIRE => {
                 let body = rec.retire_body(map)?;
                 chain.update(&rec.crc.to_le_bytes());
@@ -297,6 +324,7 @@ pub(crate) fn scan_commit(
                     bytes,
                     extents,
                     retired,
+                    index,
                 });
             }
         }

@@ -295,10 +295,19 @@ impl Backend for SimHandle {
     fn map(&self, len: u64) -> io::Result<Mapping> {
         assert!(len <= self.shared.capacity);
         let owner: Arc<dyn Send + Sync> = self.shared.clone();
+        let cap = self.shared.capacity;
         // SAFETY: the buffer is `capacity` bytes of AtomicU64 (8-aligned),
-        // never moved or freed while `owner` (an Arc of it) lives, and
-        // `len <= capacity`.
-        Ok(unsafe { Mapping::new(self.shared.base(), len, true, Owner::Sim { _keep: owner }) })
+        // never moved or freed while `owner` (an Arc of it) lives, all of
+        // it accessible, and `len <= capacity`.
+        Ok(unsafe {
+            Mapping::new(
+                self.shared.base(),
+                len,
+                cap,
+                true,
+                Owner::Sim { _keep: owner },
+            )
+        })
     }
 
     fn grow(&self, new_len: u64, _for_table: bool) -> io::Result<()> {

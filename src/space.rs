@@ -70,6 +70,14 @@ impl Space {
         }
     }
 
+    /// The lowest free range of at least `len` bytes.
+    pub fn lowest_free(&self, len: u64) -> Option<Extent> {
+        self.list
+            .iter()
+            .find(|e| e.use_ == Use::Free && e.len >= len)
+            .copied()
+    }
+
     /// The lowest free range of at least `len` bytes: it (or its first
     /// `len` bytes) becomes `use_`, or is dropped from the list if `use_`
     /// is `None` (an index table).
@@ -95,50 +103,52 @@ impl Space {
         retired_ok: bool,
     ) -> Result<(), Bad> {
         let end = off + len;
-        match self.find(off) {
-            Some(i) => {
-                let e = self.list[i];
-                let claimable =
-                    e.use_ == Use::Free || (retired_ok && matches!(e.use_, Use::Retired { .. }));
-                if !claimable || end > e.end() {
-                    return Err(format!(
-                        "extent {off}..{end} is not free space (it overlaps {}..{})",
-                        e.off,
-                        e.end()
-                    ));
-                }
-                let mut parts = Vec::with_capacity(3);
-                if e.off < off {
-                    parts.push(Extent {
-                        off: e.off,
-                        len: off - e.off,
-                        use_: e.use_,
-                    });
-                }
-                if let Some(u) = use_ {
-                    parts.push(Extent { off, len, use_: u });
-                }
-                if end < e.end() {
-                    parts.push(Extent {
-                        off: end,
-                        len: e.end() - end,
-                        use_: e.use_,
-                    });
-                }
-                self.list.splice(i..=i, parts);
-                Ok(())
+        let first = self.list.partition_point(|e| e.end() <= off);
+        let last = self.list.partition_point(|e| e.off < end);
+        let hit = &self.list[first..last];
+        if hit.is_empty() {
+            if let Some(u) = use_ {
+                self.list.insert(first, Extent { off, len, use_: u });
             }
-            None => {
-                let i = self.list.partition_point(|e| e.off < off);
-                if i < self.list.len() && self.list[i].off < end {
-                    return Err(format!("extent {off}..{end} overlaps a listed extent"));
-                }
-                if let Some(u) = use_ {
-                    self.list.insert(i, Extent { off, len, use_: u });
-                }
-                Ok(())
-            }
+            return Ok(());
         }
+        // The range may span several entries (free and, for replay,
+        // retired ones next to each other), with no gap between them.
+        let claimable = |e: &Extent| {
+            e.use_ == Use::Free || (retired_ok && matches!(e.use_, Use::Retired { .. }))
+        };
+        let covered = hit[0].off <= off
+            && hit[hit.len() - 1].end() >= end
+            && hit.windows(2).all(|w| w[0].end() == w[1].off);
+        let bad = hit.iter().find(|e| !claimable(e));
+        if let Some(e) = bad.or((!covered).then_some(&hit[0])) {
+            return Err(format!(
+                "extent {off}..{end} is not free space (it overlaps {}..{})",
+                e.off,
+                e.end()
+            ));
+        }
+        let (head, tail) = (hit[0], hit[hit.len() - 1]);
+        let mut parts = Vec::with_capacity(3);
+        if head.off < off {
+            parts.push(Extent {
+                off: head.off,
+                len: off - head.off,
+                use_: head.use_,
+            });
+        }
+        if let Some(u) = use_ {
+            parts.push(Extent { off, len, use_: u });
+        }
+        if end < tail.end() {
+            parts.push(Extent {
+                off: end,
+                len: tail.end() - end,
+                use_: tail.use_,
+            });
+        }
+        self.list.splice(first..last, parts);
+        Ok(())
     }
 
     /// Lists a range that was not listed (space past the old allocation
@@ -442,6 +452,14 @@ mod tests {
         assert_eq!(s.take_free(M, None), Some(base + M)); // a table: unlisted
         assert_eq!(s.list.len(), 2);
         assert!(s.claim(base + M / 2, M, Some(log(0)), false).is_err());
+        // Replay may claim across a retired range and the free one after.
+        let mut r = Space::default();
+        r.insert(base, M, Use::Retired { seq: 3 });
+        r.insert(base + M, 2 * M, Use::Free);
+        assert!(r.claim(base, 2 * M, Some(log(0)), false).is_err());
+        r.claim(base, 2 * M, Some(log(0)), true).unwrap();
+        assert_eq!(r.list.len(), 2);
+        assert_eq!((r.list[1].off, r.list[1].len), (base + 2 * M, M));
         s.insert(base + M, M, Use::Retired { seq: 7 });
         assert_eq!(s.release(6), 0);
         assert_eq!(s.release(7), M);

@@ -215,21 +215,33 @@ impl Store {
         for choose in [Choose::Dead(COMPACT_MIN_DEAD), Choose::Relocate] {
             // Each step ends an extent or copies 4 MiB: bounded by the log.
             let limit = 64 + 2 * report.bytes_before / COMPACT_STEP;
+            let relocate = matches!(choose, Choose::Relocate);
+            if relocate {
+                // Relocation needs the space freed so far.
+                report.bytes_freed += self.shared.reclaim(false)?.0;
+            }
             for _ in 0..limit {
-                if matches!(choose, Choose::Relocate) {
-                    // Relocation needs the space freed so far.
-                    report.bytes_freed += self.shared.reclaim(false)?.0;
-                }
                 let mut tx = self.begin_write()?;
                 tx.no_auto = true;
                 // Durable at the checkpoint that ends compaction; a crash
                 // before it loses copies, never data.
                 tx.set_durability(Durability::Eventual);
                 let step = tx.compact_step(COMPACT_STEP, choose, true)?;
-                let jumped =
-                    !step.active && matches!(choose, Choose::Relocate) && tx.jump_down()?;
+                let jumped = !step.active && relocate && tx.jump_down()?;
                 if !step.active && !jumped {
-                    break;
+                    drop(tx);
+                    // Out of candidates: free what relocation retired (a
+                    // checkpoint) and look again, until nothing more frees.
+                    let freed = if relocate {
+                        self.shared.reclaim(false)?.0
+                    } else {
+                        0
+                    };
+                    report.bytes_freed += freed;
+                    if freed == 0 {
+                        break;
+                    }
+                    continue;
                 }
                 tx.commit()?;
                 report.records_moved += step.records;

@@ -134,7 +134,12 @@ pub(crate) fn write_range(file: &File, off: u64, len: u64) -> io::Result<()> {
     loop {
         // SAFETY: plain syscall on an open descriptor with integer arguments.
         let r = unsafe {
-            libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, flags)
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                off as libc::off64_t,
+                len as libc::off64_t,
+                flags,
+            )
         };
         if r == 0 {
             return Ok(());

@@ -267,6 +267,9 @@ pub(crate) struct Step {
     pub active: bool,
 }
 
+/// The smallest free range the log fills as an extent of its own.
+const MIN_HOLE: u64 = 64 << 10;
+
 /// Automatic compaction waits until sealed extents hold this much.
 const AUTO_COMPACT_MIN: u64 = 2 << 20;
 
@@ -317,6 +320,10 @@ pub struct WriteTxn<'s> {
     moved: u64,
     /// Skip automatic compaction at commit (a compaction step of its own).
     pub(crate) no_auto: bool,
+    /// Step 1 ran: the index move this commit starts, if any (its new
+    /// table's offset).
+    index_prepared: bool,
+    index_move: Option<(log::IndexMove, u64)>,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -347,6 +354,8 @@ impl<'s> WriteTxn<'s> {
             retired: Vec::new(),
             moved: 0,
             no_auto: false,
+            index_prepared: false,
+            index_move: None,
         }))
     }
 
@@ -489,7 +498,15 @@ impl<'s> WriteTxn<'s> {
     /// extent. On `ENOSPC` nothing was written.
     fn reserve(&mut self, size: u64) -> Result<u64> {
         if self.cur.pos + size + NEXT_RECORD_SIZE > self.cur.end {
-            self.next_extent(extent_size(&self.base, size + NEXT_RECORD_SIZE))?;
+            // A free range lower in the file that holds the record (and at
+            // least 64 KiB) is used whole even if smaller than an extent:
+            // holes left by reuse fill up, and data drifts to the start.
+            let need = align_page(size + NEXT_RECORD_SIZE);
+            let len = match self.w.space.lowest_free(need.max(MIN_HOLE)) {
+                Some(e) => e.len.min(extent_size(&self.base, need)),
+                None => extent_size(&self.base, need),
+            };
+            self.next_extent(len)?;
         }
         let pos = self.cur.pos;
         self.cur.pos += size;
@@ -530,6 +547,50 @@ impl<'s> WriteTxn<'s> {
         Ok(())
     }
 
+    /// Makes room in the index for the keys this transaction adds (commit
+    /// step 1): if the index must move to a new table, allocates and zeroes
+    /// it and logs an index record (the move starts when the commit is
+    /// applied). Runs before any compaction step of the transaction: an
+    /// extent must not be retired while an old table naming its records is
+    /// frozen. Once per transaction.
+    fn prepare_index(&mut self) -> Result<()> {
+        if self.index_prepared {
+            return Ok(());
+        }
+        let map = self.map.clone();
+        let mut extra = 0;
+        for p in self.pending.iter() {
+            let rec = self.shared.header(&map, p.off, "own record")?;
+            extra += (rec.kind == KIND_PUT && rec.prev == 0 && !rec.moved()) as u64;
+        }
+        if let Some(mv) = self.shared.index_move_needed(&self.base, extra)? {
+            let mut space = std::mem::take(self.space_mut());
+            let got = self
+                .shared
+                .index_table(&mut self.map, &mut self.base, &mut space, mv.log2);
+            self.w.space = space;
+            let off = got?;
+            self.log_index_move(mv, off)?;
+        }
+        self.index_prepared = true;
+        Ok(())
+    }
+
+    /// Appends the index record of a move this commit starts (or, with
+    /// `log2 == 0`, only finishes).
+    fn log_index_move(&mut self, mv: log::IndexMove, off: u64) -> Result<()> {
+        let body = NextBody {
+            offset: Le64::new(mv.log2 as u64),
+            len: Le64::new(mv.finish as u64),
+        };
+        let h = log::make_header(KIND_INDEX, self.seq(), 0, &[], bytemuck::bytes_of(&body));
+        let at = self.reserve(NEXT_RECORD_SIZE)?;
+        log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+        self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+        self.index_move = Some((mv, off));
+        Ok(())
+    }
+
     /// The writer's extent table, saved first so that an abort restores it.
     fn space_mut(&mut self) -> &mut Space {
         if self.space_undo.is_none() {
@@ -556,7 +617,18 @@ impl<'s> WriteTxn<'s> {
         strict: bool,
     ) -> Result<Step> {
         let mut step = Step::default();
-        if self.base.old_index_log2 != 0 {
+        self.prepare_index()?;
+        if self.base.old_index_log2 != 0 && self.index_move.is_none() && strict {
+            // `compact()` does not wait for the move: this commit ends it.
+            let finish = log::IndexMove {
+                log2: 0,
+                finish: true,
+            };
+            self.log_index_move(finish, 0)?;
+            step.active = true;
+            return Ok(step);
+        }
+        if self.base.old_index_log2 != 0 || self.index_move.is_some() {
             return Ok(step); // not while the index moves (DESIGN.md)
         }
         let seq = self.seq();
@@ -687,6 +759,10 @@ impl<'s> WriteTxn<'s> {
             self.auto_compact()?;
         }
         if self.n_records == 0 {
+            if let Some((space, dirty)) = self.space_undo.take() {
+                self.w.space = space;
+                self.w.space_dirty = dirty;
+            }
             // Nothing to write, but the caller learns seq `base.seq` is
             // durable: flush what `Eventual` commits left, if anything.
             if self.durability == Durability::Immediate {
@@ -713,18 +789,9 @@ impl<'s> WriteTxn<'s> {
                 .mark_dirty(&mut self.w, &self.map, &mut self.base)?;
         }
         // 1. Room in the index, before anything is committed: a full disk
-        //    fails here and leaves the store as it was.
-        let extra = finals
-            .iter()
-            .filter(|(_, r)| r.kind == KIND_PUT && r.prev == 0)
-            .count() as u64;
-        let seq = self.seq();
-        let mut space = std::mem::take(self.space_mut());
-        let grown = self
-            .shared
-            .ensure_index(&mut self.map, &mut self.base, &mut space, extra, seq);
-        self.w.space = space;
-        grown?;
+        //    fails here and leaves the store as it was. (Done already if
+        //    compaction ran: it must know whether the index moves.)
+        self.prepare_index()?;
         // 2. The commit record closes the run of records.
         let pos = self.reserve(COMMIT_RECORD_SIZE)?;
         let body = CommitBody {
@@ -762,9 +829,9 @@ impl<'s> WriteTxn<'s> {
         let mut map = self.map.clone();
         let mut space = std::mem::take(self.space_mut());
         let seq = st.seq;
-        let applied = self
-            .shared
-            .apply(&mut map, &mut st, &mut space, &finals, seq);
+        let applied =
+            self.shared
+                .apply(&mut map, &mut st, &mut space, &finals, seq, self.index_move);
         self.shared.retire(&mut st, &mut space, &self.retired, seq);
         st.moved_total += self.moved;
         self.w.space = space;

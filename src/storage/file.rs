@@ -57,6 +57,13 @@ fn lock_byte(id: LockId) -> u64 {
 /// the buffer cheap.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// Address space to map for a file of `len` bytes: room to double, at
+/// least 64 MiB more (a remap makes every reader fault its pages again).
+fn reserve_for(len: u64) -> u64 {
+    let want = len.saturating_mul(2).max(len + (64 << 20));
+    want.min(crate::format::MAX_FILE_LEN).max(len)
+}
+
 impl Backend for FileBackend {
     fn path(&self) -> &Path {
         &self.path
@@ -75,8 +82,11 @@ impl Backend for FileBackend {
     }
 
     fn map(&self, len: u64) -> io::Result<Mapping> {
+        // Address space for growth: mapping past the end of the file is
+        // allowed, and nothing touches it until the file covers it.
+        let reserved = reserve_for(len);
         let mut opts = memmap2::MmapOptions::new();
-        opts.len(len as usize);
+        opts.len(reserved as usize);
         let raw = if self.fd_writable {
             opts.map_raw(&self.file)?
         } else {
@@ -87,11 +97,12 @@ impl Backend for FileBackend {
         // one dirty slot into ~160 KiB of writeback (docs/DESIGN.md).
         raw.advise(memmap2::Advice::Random)?;
         let ptr = raw.as_mut_ptr();
-        // SAFETY: `raw` maps `len` bytes at a page-aligned address and is
-        // moved into the Mapping's owner, so the memory lives as long as the
-        // Mapping. The file is never truncated below `len` while open
-        // (storage module docs), so no access within `len` can fault.
-        Ok(unsafe { Mapping::new(ptr, len, self.fd_writable, Owner::Mmap(raw)) })
+        // SAFETY: `raw` maps `reserved` bytes at a page-aligned address and
+        // is moved into the Mapping's owner, so the memory lives as long as
+        // the Mapping. The file is `len` bytes long and is never truncated
+        // below that while another handle maps it (storage module docs), so
+        // no access within `len` can fault.
+        Ok(unsafe { Mapping::new(ptr, len, reserved, self.fd_writable, Owner::Mmap(raw)) })
     }
 
     fn grow(&self, new_len: u64, for_table: bool) -> io::Result<()> {
@@ -114,7 +125,11 @@ impl Backend for FileBackend {
         //    Not for an index table (see the trait), where blocks are
         //    reserved.
         let zeros = vec![0u8; ZERO_CHUNK];
-        let mut off = if for_table && reserved { new_len } else { old_len };
+        let mut off = if for_table && reserved {
+            new_len
+        } else {
+            old_len
+        };
         while off < new_len {
             let n = (new_len - off).min(ZERO_CHUNK as u64) as usize;
             self.file.write_all_at(&zeros[..n], off)?;

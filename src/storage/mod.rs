@@ -130,10 +130,16 @@ pub(crate) enum Owner {
 /// A window onto the first `len` bytes of a store.
 ///
 /// All raw-pointer access of the crate happens in this impl. See the module
-/// docs for the rules each method relies on.
+/// docs for the rules each method relies on. The mapping may reserve more
+/// address space than the file has (`reserved`): only the first `len`
+/// bytes, which the file is known to cover, are ever accessed, and `len`
+/// grows (`extend`) as the file does, so most growths need no new mapping
+/// (a new mapping starts with no pages mapped: every reader faults them
+/// all in again).
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
-    len: u64,
+    len: AtomicU64,
+    reserved: u64,
     writable: bool,
     owner: Owner,
 }
@@ -151,9 +157,17 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// # Safety
-    /// `ptr` must point to `len` bytes, 8-byte aligned, that stay valid (and
-    /// are not unmapped or freed) as long as `owner` lives.
-    pub(crate) unsafe fn new(ptr: *mut u8, len: u64, writable: bool, owner: Owner) -> Mapping {
+    /// `ptr` must point to `reserved` bytes of address space, 8-byte
+    /// aligned, that stay mapped as long as `owner` lives, of which the
+    /// first `len` are backed by the file (accessible without a fault).
+    pub(crate) unsafe fn new(
+        ptr: *mut u8,
+        len: u64,
+        reserved: u64,
+        writable: bool,
+        owner: Owner,
+    ) -> Mapping {
+        assert!(len <= reserved);
         let ptr = NonNull::new(ptr).expect("mapping pointer is null");
         assert_eq!(
             ptr.as_ptr() as usize % 8,
@@ -162,18 +176,32 @@ impl Mapping {
         );
         Mapping {
             ptr,
-            len,
+            len: AtomicU64::new(len),
+            reserved,
             writable,
             owner,
         }
     }
 
+    /// Bytes that may be accessed: the file covered them when last checked.
     pub(crate) fn len(&self) -> u64 {
-        self.len
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Address space mapped (at least `len`).
+    pub(crate) fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Lets the first `len` bytes (at most `reserved`) be accessed. The
+    /// caller has checked that the file is at least that long; the file
+    /// never shrinks while another handle maps it.
+    pub(crate) fn extend(&self, len: u64) {
+        self.len.fetch_max(len.min(self.reserved), Ordering::AcqRel);
     }
 
     fn in_bounds(&self, off: u64, len: u64) -> bool {
-        off.checked_add(len).is_some_and(|end| end <= self.len)
+        off.checked_add(len).is_some_and(|end| end <= self.len())
     }
 
     /// The bytes `[off, off + len)`, or `None` if they are outside the map.
@@ -227,7 +255,10 @@ impl Mapping {
     fn word(&self, off: u64) -> &AtomicU64 {
         match self.atomic(off) {
             Some(w) => w,
-            None => panic!("shared word at {off} is outside the {}-byte map", self.len),
+            None => panic!(
+                "shared word at {off} is outside the {}-byte map",
+                self.len()
+            ),
         }
     }
 
@@ -277,7 +308,7 @@ impl Mapping {
     pub(crate) fn msync(&self, off: u64, len: u64) -> io::Result<()> {
         match &self.owner {
             Owner::Mmap(m) => {
-                let len = len.min(self.len.saturating_sub(off));
+                let len = len.min(self.len().saturating_sub(off));
                 m.flush_range(off as usize, len as usize)
             }
             Owner::Sim { .. } => Err(io::Error::other("msync on a simulated mapping")),

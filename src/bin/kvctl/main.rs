@@ -2,8 +2,10 @@
 //! dispatches; each subcommand lives in its own file and uses only the
 //! public API.
 
+mod backup;
 mod bench;
 mod codec;
+mod compact;
 mod del;
 mod dump;
 mod get;
@@ -94,6 +96,8 @@ enum Command {
     Bench(bench::Args),
     Inspect(inspect::Args),
     Salvage(salvage::Args),
+    Compact(compact::Args),
+    Backup(backup::Args),
     Completions(CompletionsArgs),
 }
 
@@ -202,6 +206,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Salvage(a) => salvage::run(&ctx, a),
+        Command::Compact(a) => compact::run(&ctx, a),
+        Command::Backup(a) => backup::run(&ctx, a),
         Command::Completions(_) => unreachable!("handled above"),
     };
     match outcome {
