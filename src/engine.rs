@@ -170,6 +170,9 @@ impl State {
             old_index_log2: m.old_index_log2.get() as u64,
             migrate_next: m.migrate_next.get(),
             migrate_left: m.migrate_left.get(),
+            last_compact_seq: m.last_compact_seq.get(),
+            retired_total: m.retired_total.get(),
+            moved_total: m.moved_total.get(),
             ckpt_seq: m.seq.get(),
             history_seq: m.history_seq.get(),
             ..State::default()
@@ -204,6 +207,9 @@ impl State {
         m.space_crc = Le32::new(space.crc);
         m.history_seq = Le64::new(self.history_seq);
         m.migrate_left = Le64::new(self.migrate_left);
+        m.last_compact_seq = Le64::new(self.last_compact_seq);
+        m.retired_total = Le64::new(self.retired_total);
+        m.moved_total = Le64::new(self.moved_total);
         m.seal();
         m
     }

@@ -139,7 +139,12 @@ pub struct Meta {
     pub history_seq: Le64,
     /// Keys with a value still only in the old table (an upper bound).
     pub migrate_left: Le64,
-    pub _reserved: [u8; 68],
+    /// The last commit that retired an extent; bytes retired and copied
+    /// by compaction since the store was created.
+    pub last_compact_seq: Le64,
+    pub retired_total: Le64,
+    pub moved_total: Le64,
+    pub _reserved: [u8; 44],
     /// CRC32 of bytes `0..252`.
     pub crc: Le32,
 }

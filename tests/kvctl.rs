@@ -493,3 +493,51 @@ fn salvage_copies_a_store_that_no_longer_opens() {
     // The source is left as it was.
     assert_eq!(std::fs::read(&db).unwrap(), bytes);
 }
+
+#[test]
+fn compact_and_backup_reclaim_and_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("space.kv");
+    {
+        let store = mapkv::Options::new().auto_compact(false).open(&db).unwrap();
+        for round in 0..6u8 {
+            let mut tx = store.begin_write().unwrap();
+            for k in 0..3_000u32 {
+                tx.put(&k.to_le_bytes(), &[round; 300]).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        store.close().unwrap();
+    }
+    let o = kvctl(&db, &["--json", "compact"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let c = &json_lines(&o)[0];
+    let (before, after) = (
+        c["bytes_before"].as_u64().unwrap(),
+        c["bytes_after"].as_u64().unwrap(),
+    );
+    assert!(after < before / 2, "{c}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), after);
+    let s = &json_lines(&kvctl(&db, &["--json", "stats"]))[0];
+    assert_eq!(s["file_bytes"].as_u64(), Some(after));
+    assert!(s["last_compaction"].as_u64().is_some(), "{s}");
+    assert!(s["reclaimed_total"].as_u64().unwrap() > 0, "{s}");
+    assert!(stdout(&kvctl(&db, &["stats"])).contains("last compaction   commit"));
+
+    let dest = dir.path().join("copy.kv");
+    let o = kvctl(&db, &["--json", "backup", dest.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_lines(&o)[0]["keys"], 3_000);
+    let copy = mapkv::Store::open(&dest).unwrap();
+    assert_eq!(copy.get(&7u32.to_le_bytes()).unwrap(), Some(vec![5u8; 300]));
+    drop(copy);
+    // The destination exists now: refused, with a one-line error.
+    let again = kvctl(&db, &["backup", dest.to_str().unwrap()]);
+    assert_ne!(code(&again), 0);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.starts_with("kvctl: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(code(&kvctl(&db, &["verify"])), 0);
+}

@@ -16,7 +16,12 @@ pub struct Args {}
 
 pub fn run(ctx: &Ctx, _: Args) -> Outcome {
     let store = open_for_reading(&ctx.db)?;
-    let report = store.verify()?;
+    // The check reports no progress of its own: a spinner while it runs.
+    let bar = crate::progress(0, "verify");
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    let report = store.verify();
+    bar.finish_and_clear();
+    let report = report?;
     if ctx.json {
         let problems: Vec<_> = report
             .problems
