@@ -22,4 +22,6 @@ run scan
 run --json get greeting
 run dump --format mdb --print
 run stats
+run compact
+run backup "${db%.kv}-copy.kv"
 run verify

@@ -50,7 +50,7 @@ const MIGRATE_MIN: u64 = 256;
 const MIGRATE_PER_KEY: u64 = 4;
 /// ... and at least this fraction of the old table, so that a move ends
 /// within this many commits however small they are.
-const MIGRATE_COMMITS: u64 = 256;
+const MIGRATE_COMMITS: u64 = 2048;
 
 /// What every handle of one store shares: the backend, the current mapping
 /// and the writer's state.

@@ -69,10 +69,9 @@
 //!
 //! ## Caveats
 //!
-//! - **Space is not reclaimed yet**: overwritten and deleted records stay in
-//!   the file; [`Store::compact`] returns `Unsupported` in this version.
-//! - **The index grows by a full rebuild** inside the commit that passes its
-//!   load limit: that one commit is slower (proportional to the key count).
+//! - **History is reclaimed with space**: [`ReadTxn::changes_since`] lists
+//!   only commits whose records compaction has not reclaimed
+//!   (`Error::HistoryReclaimed` otherwise); see [`Options::auto_compact`].
 //! - **Other programs must not write the file.** Like every `mmap` database,
 //!   mapkv trusts that only mapkv writes the file while it is open; a
 //!   concurrent foreign write can change bytes a reader holds a slice of.

@@ -187,7 +187,7 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
         }
         tx.commit().unwrap();
     }
-    // Small commits finish the moves (each moves at least 1/256th).
+    // Small commits finish the moves (each moves at least 256 slots).
     for _ in 0..1_000 {
         store.put(b"tick", b"").unwrap();
     }

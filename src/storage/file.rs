@@ -57,6 +57,11 @@ fn lock_byte(id: LockId) -> u64 {
 /// the buffer cheap.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// Growth writes zeros over at most this much of the new space (the rest
+/// stays reserved but unwritten: it reads as zeros, and its first writeback
+/// converts it).
+const ZERO_FILL_MAX: u64 = 4 << 20;
+
 /// Address space to map for a file of `len` bytes: room to double, at
 /// least 64 MiB more (a remap makes every reader fault its pages again).
 fn reserve_for(len: u64) -> u64 {
@@ -123,15 +128,22 @@ impl Backend for FileBackend {
         //    commit to convert it; writing zeros once at growth moves that
         //    cost out of commits (measured in docs/DESIGN.md, "Growth").
         //    Not for an index table (see the trait), where blocks are
-        //    reserved.
+        //    reserved. At most `ZERO_FILL_MAX` (where the log goes next):
+        //    writing costs ~5 ms per MiB, and a growth must not stall a
+        //    commit.
         let zeros = vec![0u8; ZERO_CHUNK];
-        let mut off = if for_table && reserved {
+        let zero_end = if reserved {
+            new_len.min(old_len + ZERO_FILL_MAX)
+        } else {
             new_len
+        };
+        let mut off = if for_table && reserved {
+            zero_end
         } else {
             old_len
         };
-        while off < new_len {
-            let n = (new_len - off).min(ZERO_CHUNK as u64) as usize;
+        while off < zero_end {
+            let n = (zero_end - off).min(ZERO_CHUNK as u64) as usize;
             self.file.write_all_at(&zeros[..n], off)?;
             off += n as u64;
         }
@@ -149,10 +161,10 @@ impl Backend for FileBackend {
         //    out (this range only) and dropping the now clean pages lets
         //    the map fault them back one page at a time.
         if !for_table {
-            sys::write_range(&self.file, old_len, new_len - old_len)?;
+            sys::write_range(&self.file, old_len, zero_end - old_len)?;
         }
         if !for_table {
-            sys::drop_cached(&self.file, old_len, new_len - old_len);
+            sys::drop_cached(&self.file, old_len, zero_end - old_len);
         }
         Ok(())
     }
