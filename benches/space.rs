@@ -117,39 +117,41 @@ fn bulk(dir: &std::path::Path) {
     let store = Store::open(dir.join("bulk.kv")).unwrap();
     let value = [3u8; 100];
     let mut lat = Vec::with_capacity((n / 1_000) as usize);
+    let mut slowest: Vec<(Duration, u64, String)> = Vec::new();
     let mut moving = 0;
+    let mut before = store.stats().unwrap();
     let t0 = Instant::now();
     let mut i = 0;
     while i < n {
         let t = Instant::now();
-        let f0 = if std::env::var("DBG").is_ok() {
-            store.stats().unwrap().file_bytes
-        } else {
-            0
-        };
-        let t = if f0 > 0 { Instant::now() } else { t };
         let mut tx = store.begin_write().unwrap();
-        let tb = t.elapsed();
         for k in i..(i + 1_000).min(n) {
             tx.put(&key(k), &value).unwrap();
         }
-        let tp = t.elapsed();
         tx.commit().unwrap();
-        lat.push(t.elapsed());
-        if f0 > 0 && t.elapsed() > Duration::from_millis(30) {
-            let s = store.stats().unwrap();
-            eprintln!(
-                "slow commit at {i}: {:?} (begin {tb:?}, puts {tp:?}); file {} -> {}, moving {}",
-                t.elapsed(),
-                f0,
-                s.file_bytes,
-                s.index_moving
-            );
-        }
-        i += 1_000;
-        if i % 100_000 == 0 && store.stats().unwrap().index_moving > 0 {
+        let took = t.elapsed();
+        lat.push(took);
+        let after = store.stats().unwrap();
+        let what = format!(
+            "file {} -> {} MB, index {} slots{}, log {} MB",
+            before.file_bytes >> 20,
+            after.file_bytes >> 20,
+            after.index_slots,
+            if after.index_moving > 0 {
+                " (moving)"
+            } else {
+                ""
+            },
+            after.log_bytes >> 20
+        );
+        slowest.push((took, i, what));
+        slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
+        slowest.truncate(5);
+        if after.index_moving > 0 && i % 100_000 == 0 {
             moving += 1;
         }
+        before = after;
+        i += 1_000;
     }
     let secs = t0.elapsed().as_secs_f64();
     let s = store.stats().unwrap();
@@ -166,6 +168,9 @@ fn bulk(dir: &std::path::Path) {
         "  commit p50 {p50:?}, p99 {p99:?}, max {max:?}: max / p50 = {:.1}",
         max.as_secs_f64() / p50.as_secs_f64()
     );
+    for (took, at, what) in &slowest {
+        println!("  slow: {took:?} at key {at}: {what}");
+    }
 }
 
 fn reads(dir: &std::path::Path) {

@@ -60,7 +60,7 @@ const ZERO_CHUNK: usize = 1 << 20;
 /// Growth writes zeros over at most this much of the new space (the rest
 /// stays reserved but unwritten: it reads as zeros, and its first writeback
 /// converts it).
-const ZERO_FILL_MAX: u64 = 4 << 20;
+const ZERO_FILL_MAX: u64 = 2 << 20;
 
 /// Address space to map for a file of `len` bytes: room to double, at
 /// least 64 MiB more (a remap makes every reader fault its pages again).
