@@ -125,15 +125,17 @@ fn bulk(dir: &std::path::Path) {
     while i < n {
         let t = Instant::now();
         let mut tx = store.begin_write().unwrap();
+        let tb = t.elapsed();
         for k in i..(i + 1_000).min(n) {
             tx.put(&key(k), &value).unwrap();
         }
+        let tp = t.elapsed();
         tx.commit().unwrap();
         let took = t.elapsed();
         lat.push(took);
         let after = store.stats().unwrap();
         let what = format!(
-            "file {} -> {} MB, index {} slots{}, log {} MB",
+            "begin {tb:?} puts {tp:?} file {} -> {} MB, index {} slots{}, log {} MB",
             before.file_bytes >> 20,
             after.file_bytes >> 20,
             after.index_slots,

@@ -30,9 +30,10 @@ use bytemuck::Zeroable;
 /// It bounds how much log recovery replays after a crash.
 pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
 /// A fuzzy checkpoint flushes this much of an index table per write
-/// transaction, 64 times as much of the rest (a whole-file flush at once
+/// transaction, 8 times as much of the rest (a whole-file flush at once
 /// stalled a commit ~0.2 s with a 128 MB index dirty; 4 MiB slices of it
-/// still cost 30-45 ms: `cargo bench --bench space -- bulk`).
+/// cost 30-45 ms, and a 64 MiB slice of clean log ~50 ms:
+/// `cargo bench --bench space -- bulk` lists its slowest commits).
 const CHECKPOINT_SLICE: u64 = 1 << 20;
 /// Retired extents are reused only after a checkpoint: take one early once
 /// this much (or a 32nd of the file) waits for it.
@@ -1502,7 +1503,7 @@ impl Shared {
         let slice = if in_table {
             CHECKPOINT_SLICE
         } else {
-            64 * CHECKPOINT_SLICE
+            8 * CHECKPOINT_SLICE
         };
         let (off, next) = (f.next, (f.next + slice).min(map.len()));
         f.next = next;
