@@ -1505,7 +1505,8 @@ impl Shared {
         } else {
             8 * CHECKPOINT_SLICE
         };
-        let (off, next) = (f.next, (f.next + slice).min(map.len()));
+        let off = f.next.min(map.len());
+        let next = (off + slice).min(map.len());
         f.next = next;
         let done = next >= map.len();
         self.flush(w, map, off, next - off)?;
