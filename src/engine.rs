@@ -39,9 +39,9 @@ const CHECKPOINT_SLICE: u64 = 1 << 20;
 /// this much (or a 32nd of the file) waits for it.
 const RECLAIM_CHECKPOINT_MIN: u64 = 1 << 20;
 /// The file grows by a quarter of its size, within these bounds, rounded up
-/// to `MIN_GROWTH`: few growths (each costs an `fdatasync`), little slack,
-/// and no growth long enough to stall a commit (zero-filling costs ~2 ms
-/// per MiB here: `cargo bench --bench space -- bulk`).
+/// to `MIN_GROWTH`: few growths, little slack, and no growth long enough
+/// to stall a commit (zero-filling costs ~5 ms per MiB here:
+/// `cargo bench --bench space -- bulk`).
 const MIN_GROWTH: u64 = 1 << 20;
 const MAX_GROWTH: u64 = 4 << 20;
 /// Index slots moved per commit while the index moves to a new table: at
@@ -1355,17 +1355,11 @@ impl Shared {
                 continue;
             };
             *live = 0;
-            let end = if (e.off..e.end()).contains(&tail) {
-                tail
-            } else {
-                e.end()
-            };
-            let mut pos = e.off;
-            while pos < end {
-                let Ok(rec) = log::read_record(&heads, pos, e.end()) else {
+            for rec in log::extent_records(&heads, e.off, e.end(), tail) {
+                let Ok(rec) = rec else {
                     break;
                 };
-                if rec.kind == KIND_NEXT || rec.seq > seq {
+                if rec.seq > seq {
                     break;
                 }
                 if matches!(rec.kind, KIND_PUT | KIND_DELETE) {
@@ -1374,7 +1368,6 @@ impl Shared {
                         *slot = rec;
                     }
                 }
-                pos += rec.size();
             }
         }
         let keys: Vec<Record> = newest
@@ -1732,9 +1725,8 @@ impl Shared {
         let t = st.table();
         let below = w
             .space
-            .list
-            .iter()
-            .any(|e| e.use_ == Use::Free && e.len >= t.bytes() && e.off < t.off);
+            .lowest_free(t.bytes())
+            .is_some_and(|e| e.off < t.off);
         if !below || w.space.list.len() + 2 > SPACE_ENTRIES {
             return Ok(false);
         }

@@ -182,6 +182,57 @@ pub(crate) fn write_record(map: &Mapping, off: u64, h: &RecordHeader, key: &[u8]
     }
 }
 
+/// The records of one log extent `[off, end)` from its start: up to `stop`
+/// (the tail, when it lies in the extent), or up to and including its next
+/// record. Where a record does not read back it yields `Err((offset,
+/// why))` once and ends. (Every record of a log extent up to its next
+/// record or the tail was committed.)
+pub(crate) struct ExtentRecords<'m> {
+    map: &'m Mapping,
+    pos: u64,
+    stop: u64,
+    end: u64,
+}
+
+pub(crate) fn extent_records(map: &Mapping, off: u64, end: u64, tail: u64) -> ExtentRecords<'_> {
+    let stop = if (off..end).contains(&tail) {
+        tail
+    } else {
+        end
+    };
+    ExtentRecords {
+        map,
+        pos: off,
+        stop,
+        end,
+    }
+}
+
+impl Iterator for ExtentRecords<'_> {
+    type Item = Result<Record, (u64, Invalid)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.stop {
+            return None;
+        }
+        let at = self.pos;
+        match read_record(self.map, at, self.end) {
+            Err(why) => {
+                self.pos = self.stop;
+                Some(Err((at, why)))
+            }
+            Ok(rec) => {
+                self.pos = if rec.kind == KIND_NEXT {
+                    self.stop
+                } else {
+                    at + rec.size()
+                };
+                Some(Ok(rec))
+            }
+        }
+    }
+}
+
 /// A position in the log: the next record goes at `pos`, and the extent
 /// holding it ends at `end`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -82,11 +82,7 @@ impl Space {
     /// `len` bytes) becomes `use_`, or is dropped from the list if `use_`
     /// is `None` (an index table).
     pub fn take_free(&mut self, len: u64, use_: Option<Use>) -> Option<u64> {
-        let i = self
-            .list
-            .iter()
-            .position(|e| e.use_ == Use::Free && e.len >= len)?;
-        let off = self.list[i].off;
+        let off = self.lowest_free(len)?.off;
         self.claim(off, len, use_, false).ok()?;
         Some(off)
     }
@@ -297,11 +293,7 @@ impl Space {
     /// The highest sealed log extent (sealed before commit `seq`) that
     /// lies above a free range of at least `min_free` bytes.
     pub fn relocation_victim(&self, seq: u64, min_free: u64) -> Option<Extent> {
-        let lowest_free = self
-            .list
-            .iter()
-            .find(|e| e.use_ == Use::Free && e.len >= min_free)?
-            .off;
+        let lowest_free = self.lowest_free(min_free)?.off;
         self.list
             .iter()
             .rev()

@@ -600,6 +600,15 @@ impl<'s> WriteTxn<'s> {
         &mut self.w.space
     }
 
+    /// Puts the writer's extent table back as it was before this
+    /// transaction changed it (it does not commit).
+    fn undo_space(&mut self) {
+        if let Some((space, dirty)) = self.space_undo.take() {
+            self.w.space = space;
+            self.w.space_dirty = dirty;
+        }
+    }
+
     /// One step of compaction, inside this transaction: copies up to
     /// `budget` bytes of the records that are the newest version of their
     /// key out of the extent being emptied (choosing the sealed extent
@@ -730,9 +739,8 @@ impl<'s> WriteTxn<'s> {
         let lower = self
             .w
             .space
-            .list
-            .iter()
-            .any(|e| e.use_ == Use::Free && e.len >= len && e.off < tail_extent);
+            .lowest_free(len)
+            .is_some_and(|e| e.off < tail_extent);
         if !lower {
             return Ok(false);
         }
@@ -759,10 +767,7 @@ impl<'s> WriteTxn<'s> {
             self.auto_compact()?;
         }
         if self.n_records == 0 {
-            if let Some((space, dirty)) = self.space_undo.take() {
-                self.w.space = space;
-                self.w.space_dirty = dirty;
-            }
+            self.undo_space();
             // Nothing to write, but the caller learns seq `base.seq` is
             // durable: flush what `Eventual` commits left, if anything.
             if self.durability == Durability::Immediate {
@@ -880,10 +885,7 @@ impl<'s> WriteTxn<'s> {
 impl Drop for WriteTxn<'_> {
     fn drop(&mut self) {
         if !self.done {
-            if let Some((space, dirty)) = self.space_undo.take() {
-                self.w.space = space;
-                self.w.space_dirty = dirty;
-            }
+            self.undo_space();
             if self.n_records > 0 {
                 // Make the first record unreadable, so no one scanning the
                 // tail reads through the discarded run.

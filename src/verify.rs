@@ -212,14 +212,12 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
         };
         live += l;
         let holds_tail = (e.off..e.end()).contains(&st.tail);
-        let end = if holds_tail { st.tail } else { e.end() };
-        let mut pos = e.off;
-        while pos < end {
-            let rec = match log::read_record(map, pos, e.end()) {
+        for item in log::extent_records(map, e.off, e.end(), st.tail) {
+            let rec = match item {
                 Ok(rec) if rec.seq <= st.seq => rec,
                 Ok(rec) => {
                     push(
-                        pos,
+                        rec.off,
                         format!(
                             "record of commit {} in a log extent of commit {}",
                             rec.seq, st.seq
@@ -227,7 +225,7 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
                     );
                     break;
                 }
-                Err(err) => {
+                Err((pos, err)) => {
                     if sealed || holds_tail {
                         push(pos, format!("log extent {}+{}: {err}", e.off, e.len));
                     }
@@ -242,10 +240,6 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
                 KIND_COMMIT => r.commits += 1,
                 _ => {}
             }
-            if rec.kind == KIND_NEXT {
-                break;
-            }
-            pos += rec.size();
         }
     }
     if !space.list.is_empty() && live != st.live_bytes {
