@@ -1,0 +1,227 @@
+//! The three engines behind one small interface. Every write is one
+//! transaction committed with the engine's default full durability: LMDB
+//! syncs on commit (no `NOSYNC` flags), redb uses `Durability::Immediate`
+//! (its default), mapkv `Durability::Immediate` (its default).
+
+use std::path::{Path, PathBuf};
+
+pub type Key = [u8; 16];
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What a benchmark does to a store.
+pub trait Engine: Sync + Sized {
+    /// Opens the store in `dir`, creating it if missing.
+    fn open(dir: &Path) -> Res<Self>;
+    /// One durable transaction: for each `i` in `order`, puts `keys[i]`
+    /// with `value(i)`, or deletes it when `value` is `None`.
+    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()>;
+    /// One read transaction: gets `keys[i]` for each `i` in `order`.
+    /// Returns (keys found, value bytes seen).
+    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)>;
+    /// One read transaction over every pair: (pairs, key + value bytes).
+    fn scan(&self) -> Res<(u64, u64)>;
+    /// The files the store consists of (for their sizes).
+    fn files(dir: &Path) -> Vec<PathBuf>;
+}
+
+pub type Value = [u8; 100];
+
+pub struct Mapkv(mapkv::Store);
+
+impl Engine for Mapkv {
+    fn open(dir: &Path) -> Res<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Mapkv(mapkv::Store::open(dir.join("data.kv"))?))
+    }
+
+    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
+        let mut tx = self.0.begin_write()?;
+        for &i in order {
+            match value {
+                Some(v) => tx.put(&keys[i as usize], &v(i))?,
+                None => {
+                    tx.delete(&keys[i as usize])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)> {
+        let snap = self.0.begin_read()?;
+        let (mut found, mut bytes) = (0, 0);
+        for &i in order {
+            if let Some(v) = snap.get(&keys[i as usize])? {
+                found += 1;
+                bytes += v.len() as u64;
+            }
+        }
+        Ok((found, bytes))
+    }
+
+    fn scan(&self) -> Res<(u64, u64)> {
+        let snap = self.0.begin_read()?;
+        let (mut n, mut bytes) = (0, 0);
+        for item in snap.iter() {
+            let (k, v) = item?;
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        vec![dir.join("data.kv")]
+    }
+}
+
+type LmdbDb = heed::Database<heed::types::Bytes, heed::types::Bytes>;
+
+pub struct Lmdb {
+    env: heed::Env,
+    db: LmdbDb,
+}
+
+impl Engine for Lmdb {
+    fn open(dir: &Path) -> Res<Self> {
+        std::fs::create_dir_all(dir)?;
+        // SAFETY: the directory is ours alone and opened once per process.
+        let env = unsafe { heed::EnvOpenOptions::new().map_size(64 << 30).open(dir)? };
+        let found: Option<LmdbDb> = {
+            let tx = env.read_txn()?;
+            env.open_database(&tx, None)?
+        };
+        let db = match found {
+            Some(db) => db,
+            None => {
+                let mut tx = env.write_txn()?;
+                let db = env.create_database(&mut tx, None)?;
+                tx.commit()?;
+                db
+            }
+        };
+        Ok(Lmdb { env, db })
+    }
+
+    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
+        let mut tx = self.env.write_txn()?;
+        let db = self.db;
+        for &i in order {
+            match value {
+                Some(v) => db.put(&mut tx, &keys[i as usize], &v(i))?,
+                None => {
+                    db.delete(&mut tx, &keys[i as usize])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)> {
+        let tx = self.env.read_txn()?;
+        let db = self.db;
+        let (mut found, mut bytes) = (0, 0);
+        for &i in order {
+            if let Some(v) = db.get(&tx, &keys[i as usize])? {
+                found += 1;
+                bytes += v.len() as u64;
+            }
+        }
+        Ok((found, bytes))
+    }
+
+    fn scan(&self) -> Res<(u64, u64)> {
+        let tx = self.env.read_txn()?;
+        let db = self.db;
+        let (mut n, mut bytes) = (0, 0);
+        for item in db.iter(&tx)? {
+            let (k, v) = item?;
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        vec![dir.join("data.mdb")]
+    }
+}
+
+pub struct Redb(redb::Database);
+
+const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("bench");
+
+impl Engine for Redb {
+    fn open(dir: &Path) -> Res<Self> {
+        std::fs::create_dir_all(dir)?;
+        let db = redb::Database::create(dir.join("data.redb"))?;
+        let fresh = {
+            use redb::ReadableDatabase;
+            let tx = db.begin_read()?;
+            matches!(
+                tx.open_table(TABLE),
+                Err(redb::TableError::TableDoesNotExist(_))
+            )
+        };
+        if fresh {
+            let tx = db.begin_write()?;
+            tx.open_table(TABLE)?;
+            tx.commit()?;
+        }
+        Ok(Redb(db))
+    }
+
+    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
+        let tx = self.0.begin_write()?;
+        {
+            let mut t = tx.open_table(TABLE)?;
+            for &i in order {
+                let k: &[u8] = &keys[i as usize];
+                match value {
+                    Some(v) => {
+                        t.insert(k, &v(i)[..])?;
+                    }
+                    None => {
+                        t.remove(k)?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)> {
+        use redb::ReadableDatabase;
+        let tx = self.0.begin_read()?;
+        let t = tx.open_table(TABLE)?;
+        let (mut found, mut bytes) = (0, 0);
+        for &i in order {
+            let k: &[u8] = &keys[i as usize];
+            if let Some(v) = t.get(k)? {
+                found += 1;
+                bytes += v.value().len() as u64;
+            }
+        }
+        Ok((found, bytes))
+    }
+
+    fn scan(&self) -> Res<(u64, u64)> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let tx = self.0.begin_read()?;
+        let t = tx.open_table(TABLE)?;
+        let (mut n, mut bytes) = (0, 0);
+        for item in t.iter()? {
+            let (k, v) = item?;
+            n += 1;
+            bytes += (k.value().len() + v.value().len()) as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        vec![dir.join("data.redb")]
+    }
+}

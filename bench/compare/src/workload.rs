@@ -1,0 +1,219 @@
+//! One engine's run of every workload, in a child process of its own (so
+//! its peak RSS and `/proc/self/io` are its own). It prints one
+//! `metric value` line per figure; the parent gathers them.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::engines::{Engine, Key, Res, Value};
+use crate::stats::{percentile, status_bytes, write_bytes, Rng};
+
+pub const BATCH: usize = 1000;
+pub const SYNC_COMMITS: usize = 2000;
+/// Opens timed per figure (the median is printed).
+const OPENS: usize = 9;
+
+/// Present keys are the even numbers in 16 hex digits, missing keys the odd
+/// ones: a miss lands between two present keys, as in a real workload,
+/// not past the end of a B-tree.
+pub fn keys(n: usize, odd: bool) -> Vec<Key> {
+    (0..n as u64)
+        .map(|i| {
+            let mut k = [0u8; 16];
+            let text = format!("{:016x}", 2 * i + odd as u64);
+            k.copy_from_slice(text.as_bytes());
+            k
+        })
+        .collect()
+}
+
+/// A 100-byte value that differs per key and per round.
+pub fn value(i: u32, round: u8) -> Value {
+    let mut v = [round; 100];
+    v[..4].copy_from_slice(&i.to_le_bytes());
+    v[96..].copy_from_slice(&(i ^ 0x5bd1_e995).to_le_bytes());
+    v
+}
+
+fn emit(name: &str, value: f64) {
+    println!("{name} {value}");
+}
+
+fn file_bytes<E: Engine>(dir: &Path) -> u64 {
+    E::files(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Durable commits of `BATCH` puts (or deletes) over `order`; emits ops/s,
+/// disk bytes written per op and the file size after.
+fn batches<E: Engine>(
+    name: &str,
+    e: &E,
+    dir: &Path,
+    keys: &[Key],
+    order: &[u32],
+    round: Option<u8>,
+) -> Res<()> {
+    let before = write_bytes();
+    let t = Instant::now();
+    let value = round.map(|r| move |i| value(i, r));
+    for chunk in order.chunks(BATCH) {
+        e.write(
+            keys,
+            chunk,
+            value.as_ref().map(|f| f as &dyn Fn(u32) -> Value),
+        )?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    emit(&format!("{name}_ops"), order.len() as f64 / secs);
+    emit(
+        &format!("{name}_wbytes"),
+        (write_bytes() - before) as f64 / order.len() as f64,
+    );
+    emit(&format!("{name}_file"), file_bytes::<E>(dir) as f64);
+    Ok(())
+}
+
+fn time_open<E: Engine>(dir: &Path, probe: &[Key]) -> Res<(E, f64)> {
+    let mut ms = Vec::new();
+    let mut last = None;
+    for _ in 0..OPENS {
+        drop(last.take());
+        let t = Instant::now();
+        let e = E::open(dir)?;
+        let (found, _) = e.read(probe, &[0])?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if found != 1 {
+            return Err("a key is missing after reopening".into());
+        }
+        last = Some(e);
+    }
+    let e = last.ok_or("no open")?;
+    Ok((e, percentile(&mut ms, 0.5)))
+}
+
+fn check(what: &str, got: u64, want: u64) -> Res<()> {
+    if got != want {
+        return Err(format!("{what}: {got} where {want} were expected").into());
+    }
+    Ok(())
+}
+
+/// Every workload on a fresh store under `dir`, `n` keys.
+pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
+    let present = keys(n, false);
+    let missing = keys(n, true);
+    let mut rng = Rng(42);
+    let fill = rng.permutation(n);
+    let reads = rng.permutation(n);
+    let reads2 = rng.permutation(n);
+    let over = rng.permutation(n);
+    let del = rng.permutation(n);
+    let seq: Vec<u32> = (0..n as u32).collect();
+    let base_anon = status_bytes("RssAnon");
+
+    // fillseq: N puts in key order, one durable commit.
+    let d = dir.join("fillseq");
+    {
+        let e = E::open(&d)?;
+        let t = Instant::now();
+        e.write(&present, &seq, Some(&|i| value(i, 1)))?;
+        emit("fillseq_ops", n as f64 / t.elapsed().as_secs_f64());
+        emit("fillseq_file", file_bytes::<E>(&d) as f64);
+    }
+    std::fs::remove_dir_all(&d)?;
+
+    // fillrandom, then reads, overwrite and delete on the same store.
+    let d = dir.join("main");
+    let e = E::open(&d)?;
+    batches("fillrandom", &e, &d, &present, &fill, Some(1))?;
+    drop(e);
+    let (e, open_ms) = time_open::<E>(&d, &present)?;
+    emit("open_ms", open_ms);
+
+    let t = Instant::now();
+    let (found, bytes) = e.read(&present, &reads)?;
+    emit("readrandom_ops", n as f64 / t.elapsed().as_secs_f64());
+    check("readrandom found", found, n as u64)?;
+    check("readrandom bytes", bytes, 100 * n as u64)?;
+
+    let t = Instant::now();
+    let both = std::thread::scope(|s| {
+        let a = s.spawn(|| e.read(&present, &reads));
+        let b = s.spawn(|| e.read(&present, &reads2));
+        [a.join(), b.join()]
+    });
+    emit(
+        "readrandom2_ops",
+        2.0 * n as f64 / t.elapsed().as_secs_f64(),
+    );
+    for r in both {
+        let (found, _) = r.map_err(|_| "a reader thread panicked")??;
+        check("readrandom (2 threads) found", found, n as u64)?;
+    }
+
+    let t = Instant::now();
+    let (found, _) = e.read(&missing, &reads)?;
+    emit("readmissing_ops", n as f64 / t.elapsed().as_secs_f64());
+    check("readmissing found", found, 0)?;
+
+    let t = Instant::now();
+    let (pairs, bytes) = e.scan()?;
+    emit("readseq_ops", n as f64 / t.elapsed().as_secs_f64());
+    check("readseq pairs", pairs, n as u64)?;
+    check("readseq bytes", bytes, 116 * n as u64)?;
+
+    emit(
+        "rss_anon",
+        status_bytes("RssAnon").saturating_sub(base_anon) as f64,
+    );
+    emit("rss_file", status_bytes("RssFile") as f64);
+
+    batches("overwrite", &e, &d, &present, &over, Some(2))?;
+    let (found, bytes) = e.read(&present, &reads[..n.min(1000)])?;
+    check("found after overwrite", found, n.min(1000) as u64)?;
+    check("bytes after overwrite", bytes, 100 * n.min(1000) as u64)?;
+    batches("delete", &e, &d, &present, &del, None)?;
+    check("pairs after delete", e.scan()?.0, 0)?;
+    drop(e);
+    std::fs::remove_dir_all(&d)?;
+
+    // fillsync: single-put durable commits on a fresh store.
+    let d = dir.join("sync");
+    let e = E::open(&d)?;
+    let commits = SYNC_COMMITS.min(n);
+    let before = write_bytes();
+    let mut us = Vec::with_capacity(commits);
+    let t = Instant::now();
+    for &i in &fill[..commits] {
+        let c = Instant::now();
+        e.write(&present, &[i], Some(&|i| value(i, 3)))?;
+        us.push(c.elapsed().as_secs_f64() * 1e6);
+    }
+    emit("fillsync_ops", commits as f64 / t.elapsed().as_secs_f64());
+    emit(
+        "fillsync_wbytes",
+        (write_bytes() - before) as f64 / commits as f64,
+    );
+    emit("fillsync_p50_us", percentile(&mut us, 0.5));
+    emit("fillsync_p99_us", percentile(&mut us, 0.99));
+    drop(e);
+    std::fs::remove_dir_all(&d)?;
+
+    emit("peak_rss", status_bytes("VmHWM") as f64);
+    Ok(())
+}
+
+/// `commits` durable commits of `batch` puts each on a fresh store: run
+/// under `strace -c` by the parent to count flushes per commit.
+pub fn flushes<E: Engine>(dir: &Path, commits: usize, batch: usize) -> Res<()> {
+    let present = keys(commits * batch, false);
+    let e = E::open(dir)?;
+    let order: Vec<u32> = (0..(commits * batch) as u32).collect();
+    for chunk in order.chunks(batch.max(1)).take(commits) {
+        e.write(&present, chunk, Some(&|i| value(i, 4)))?;
+    }
+    Ok(())
+}
