@@ -882,10 +882,15 @@ impl Shared {
             let want = end.max(st.file_len + step);
             let new_len = want.div_ceil(MIN_GROWTH) * MIN_GROWTH;
             self.backend
-                .grow(new_len, use_.is_none())
+                .grow(new_len)
                 .map_err(|e| self.io(format!("grow the file to {new_len} bytes"), e))?;
+            let old_len = st.file_len;
             st.file_len = new_len;
             *map = self.map_covering(new_len)?;
+            if use_.is_some() {
+                // Where the log goes next: convert it now, in the background.
+                let _ = self.backend.prepare(map, old_len, new_len - old_len);
+            }
         }
         st.alloc_end = end;
         if let Some(u) = use_ {
@@ -1903,7 +1908,7 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
     let table_off = DATA_START + LOG_EXTENT;
     let len = CREATE_LEN;
     backend
-        .grow(len, false)
+        .grow(len)
         .map_err(|e| io_error(path, format!("grow the new file to {len} bytes"), e))?;
     let map = backend
         .map(len)

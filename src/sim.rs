@@ -310,7 +310,7 @@ impl Backend for SimHandle {
         })
     }
 
-    fn grow(&self, new_len: u64, _for_table: bool) -> io::Result<()> {
+    fn grow(&self, new_len: u64) -> io::Result<()> {
         let mut st = self.shared.state();
         if st.fail_grows > 0 {
             st.fail_grows -= 1;
@@ -328,6 +328,12 @@ impl Backend for SimHandle {
 
     fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
         crate::storage::write_zeros(map, off, len);
+        Ok(())
+    }
+
+    fn prepare(&self, _map: &Mapping, _off: u64, _len: u64) -> io::Result<()> {
+        // Grown space already reads as zeros here, and there is no
+        // unwritten-extent cost to move.
         Ok(())
     }
 

@@ -122,15 +122,10 @@ fn fallocate(file: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<(
     }
 }
 
-/// Drops the (clean) page-cache pages of `[off, off + len)`. Advice only:
-/// errors are ignored, nothing depends on it for correctness.
-/// Writes the dirty pages of `[off, off + len)` and waits for them: the
-/// range's data only, no other dirty page of the file and no journal
-/// commit (`sync_file_range`).
-pub(crate) fn write_range(file: &File, off: u64, len: u64) -> io::Result<()> {
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+/// Starts writing the dirty pages of `[off, off + len)` and returns
+/// without waiting for them: the range's data only, no other dirty page of
+/// the file and no journal commit (`sync_file_range(WRITE)`).
+pub(crate) fn start_writeback(file: &File, off: u64, len: u64) -> io::Result<()> {
     loop {
         // SAFETY: plain syscall on an open descriptor with integer arguments.
         let r = unsafe {
@@ -138,7 +133,7 @@ pub(crate) fn write_range(file: &File, off: u64, len: u64) -> io::Result<()> {
                 file.as_raw_fd(),
                 off as libc::off64_t,
                 len as libc::off64_t,
-                flags,
+                libc::SYNC_FILE_RANGE_WRITE,
             )
         };
         if r == 0 {
@@ -148,19 +143,6 @@ pub(crate) fn write_range(file: &File, off: u64, len: u64) -> io::Result<()> {
         if err.raw_os_error() != Some(libc::EINTR) {
             return Err(err);
         }
-    }
-}
-
-pub(crate) fn drop_cached(file: &File, off: u64, len: u64) {
-    // SAFETY: plain syscall on an open descriptor with integer arguments;
-    // it cannot affect memory safety (mapped pages are refetched on fault).
-    unsafe {
-        libc::posix_fadvise(
-            file.as_raw_fd(),
-            off as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
-        );
     }
 }
 

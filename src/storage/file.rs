@@ -57,9 +57,9 @@ fn lock_byte(id: LockId) -> u64 {
 /// the buffer cheap.
 const ZERO_CHUNK: usize = 1 << 20;
 
-/// Growth writes zeros over at most this much of the new space (the rest
-/// stays reserved but unwritten: it reads as zeros, and its first writeback
-/// converts it).
+/// `prepare` writes zeros over at most this much of new log space (the
+/// rest stays reserved but unwritten: it reads as zeros, and its first
+/// writeback converts it).
 const ZERO_FILL_MAX: u64 = 2 << 20;
 
 /// Address space to map for a file of `len` bytes: room to grow fourfold,
@@ -112,7 +112,7 @@ impl Backend for FileBackend {
         Ok(unsafe { Mapping::new(ptr, len, reserved, self.fd_writable, Owner::Mmap(raw)) })
     }
 
-    fn grow(&self, new_len: u64, for_table: bool) -> io::Result<()> {
+    fn grow(&self, new_len: u64) -> io::Result<()> {
         let old_len = self.file_len()?;
         if new_len <= old_len {
             return Ok(());
@@ -125,29 +125,18 @@ impl Backend for FileBackend {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => false,
             Err(e) => return Err(e),
         };
-        // 2. Make the blocks written zeros. fallocate leaves "unwritten"
-        //    extents, and the first writeback into one needs a journal
-        //    commit to convert it; writing zeros once at growth moves that
-        //    cost out of commits (measured in docs/DESIGN.md, "Growth").
-        //    Not for an index table (see the trait), where blocks are
-        //    reserved. At most `ZERO_FILL_MAX` (where the log goes next):
-        //    writing costs ~5 ms per MiB, and a growth must not stall a
-        //    commit.
-        let zeros = vec![0u8; ZERO_CHUNK];
-        let zero_end = if reserved {
-            new_len.min(old_len + ZERO_FILL_MAX)
-        } else {
-            new_len
-        };
-        let mut off = if for_table && reserved {
-            zero_end
-        } else {
-            old_len
-        };
-        while off < zero_end {
-            let n = (zero_end - off).min(ZERO_CHUNK as u64) as usize;
-            self.file.write_all_at(&zeros[..n], off)?;
-            off += n as u64;
+        // 2. Where blocks could not be reserved, write them now: a hole
+        //    written through the map fails as SIGBUS when the disk is full.
+        //    (Reserved blocks are "unwritten" extents that read as zeros
+        //    with no I/O; `prepare` converts the log's next ones.)
+        if !reserved {
+            let zeros = vec![0u8; ZERO_CHUNK];
+            let mut off = old_len;
+            while off < new_len {
+                let n = (new_len - off).min(ZERO_CHUNK as u64) as usize;
+                self.file.write_all_at(&zeros[..n], off)?;
+                off += n as u64;
+            }
         }
         // 3. The exact length. It becomes durable with the first flush that
         //    makes anything in the new space durable: msync is an fsync of
@@ -156,19 +145,21 @@ impl Backend for FileBackend {
         //    here: that would also write every dirty index page of the file
         //    (measured: 55-65 ms per growth during a bulk load).
         self.faults.ftruncate()?;
-        self.file.set_len(new_len)?;
-        // 4. `write` filled the page cache with large folios; dirtying one
-        //    byte of such a folio through the map makes msync write all of
-        //    it (measured: ~1 MB written per 4 KB commit). Writing the zeros
-        //    out (this range only) and dropping the now clean pages lets
-        //    the map fault them back one page at a time.
-        if !for_table {
-            sys::write_range(&self.file, old_len, zero_end - old_len)?;
-        }
-        if !for_table {
-            sys::drop_cached(&self.file, old_len, zero_end - old_len);
-        }
-        Ok(())
+        self.file.set_len(new_len)
+    }
+
+    fn prepare(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
+        // Dirty the pages through the map (one small folio each, as the
+        // map is MADV_RANDOM: no readahead window) and start their
+        // writeback without waiting for it. The unwritten extents are
+        // converted when that I/O completes, in the background, instead of
+        // in a later commit's msync; the pages stay cached and mapped, so
+        // the log's appends find them without a fault. (Zeros written with
+        // `write` would land in large folios, and dropping those made every
+        // page fault back from disk: a third of a bulk load's time.)
+        let len = len.min(ZERO_FILL_MAX);
+        crate::storage::write_zeros(map, off, len);
+        sys::start_writeback(&self.file, off, len)
     }
 
     fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {

@@ -98,13 +98,17 @@ pub(crate) trait Backend: Send + Sync {
     fn shared_writable(&self) -> bool;
     fn file_len(&self) -> io::Result<u64>;
     fn map(&self, len: u64) -> io::Result<Mapping>;
-    /// Grows the file to `new_len` with blocks reserved, length durable.
-    /// For log space (`for_table` false) the blocks are also written with
-    /// zeros (see docs/DESIGN.md, "Growth"); for an index table they are
-    /// left unwritten, which reads as zeros with no I/O — its slots are
-    /// written all over, and faulting written pages back from disk one at
-    /// a time would cost a read each.
-    fn grow(&self, new_len: u64, for_table: bool) -> io::Result<()>;
+    /// Grows the file to `new_len` with blocks reserved (unwritten: they
+    /// read as zeros with no I/O). The new length becomes durable with the
+    /// next flush that covers any of the new space.
+    fn grow(&self, new_len: u64) -> io::Result<()>;
+    /// Readies `[off, off + len)` of fresh log space (just grown, mapped,
+    /// seen by nobody else): writes zeros there through `map` and starts
+    /// writing them out, so that a later commit's flush does not pay the
+    /// file system's conversion of unwritten blocks (docs/DESIGN.md,
+    /// "Growth"). May do less than `len`; nothing depends on it for
+    /// correctness.
+    fn prepare(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     /// Makes `[off, off + len)` (inside the file) read as zeros, cheaply
     /// where the file system can; durable with the next flush of the map.
     fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::workload::key;
+
 pub type Key = [u8; 16];
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -12,12 +14,12 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 pub trait Engine: Sync + Sized {
     /// Opens the store in `dir`, creating it if missing.
     fn open(dir: &Path) -> Res<Self>;
-    /// One durable transaction: for each `i` in `order`, puts `keys[i]`
+    /// One durable transaction: for each `i` in `order`, puts `key(i)`
     /// with `value(i)`, or deletes it when `value` is `None`.
-    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()>;
-    /// One read transaction: gets `keys[i]` for each `i` in `order`.
+    fn write(&self, order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()>;
+    /// One read transaction: gets `key(i, missing)` for each `i` in `order`.
     /// Returns (keys found, value bytes seen).
-    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)>;
+    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)>;
     /// One read transaction over every pair: (pairs, key + value bytes).
     fn scan(&self) -> Res<(u64, u64)>;
     /// The files the store consists of (for their sizes).
@@ -34,13 +36,13 @@ impl Engine for Mapkv {
         Ok(Mapkv(mapkv::Store::open(dir.join("data.kv"))?))
     }
 
-    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
+    fn write(&self, order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
         let mut tx = self.0.begin_write()?;
         for &i in order {
             match value {
-                Some(v) => tx.put(&keys[i as usize], &v(i))?,
+                Some(v) => tx.put(&key(i, false), &v(i))?,
                 None => {
-                    tx.delete(&keys[i as usize])?;
+                    tx.delete(&key(i, false))?;
                 }
             }
         }
@@ -48,11 +50,11 @@ impl Engine for Mapkv {
         Ok(())
     }
 
-    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)> {
+    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)> {
         let snap = self.0.begin_read()?;
         let (mut found, mut bytes) = (0, 0);
         for &i in order {
-            if let Some(v) = snap.get(&keys[i as usize])? {
+            if let Some(v) = snap.get(&key(i, missing))? {
                 found += 1;
                 bytes += v.len() as u64;
             }
@@ -104,14 +106,14 @@ impl Engine for Lmdb {
         Ok(Lmdb { env, db })
     }
 
-    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
+    fn write(&self, order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
         let mut tx = self.env.write_txn()?;
         let db = self.db;
         for &i in order {
             match value {
-                Some(v) => db.put(&mut tx, &keys[i as usize], &v(i))?,
+                Some(v) => db.put(&mut tx, &key(i, false), &v(i))?,
                 None => {
-                    db.delete(&mut tx, &keys[i as usize])?;
+                    db.delete(&mut tx, &key(i, false))?;
                 }
             }
         }
@@ -119,12 +121,12 @@ impl Engine for Lmdb {
         Ok(())
     }
 
-    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)> {
+    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)> {
         let tx = self.env.read_txn()?;
         let db = self.db;
         let (mut found, mut bytes) = (0, 0);
         for &i in order {
-            if let Some(v) = db.get(&tx, &keys[i as usize])? {
+            if let Some(v) = db.get(&tx, &key(i, missing))? {
                 found += 1;
                 bytes += v.len() as u64;
             }
@@ -173,12 +175,12 @@ impl Engine for Redb {
         Ok(Redb(db))
     }
 
-    fn write(&self, keys: &[Key], order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
+    fn write(&self, order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()> {
         let tx = self.0.begin_write()?;
         {
             let mut t = tx.open_table(TABLE)?;
             for &i in order {
-                let k: &[u8] = &keys[i as usize];
+                let k: &[u8] = &key(i, false);
                 match value {
                     Some(v) => {
                         t.insert(k, &v(i)[..])?;
@@ -193,13 +195,13 @@ impl Engine for Redb {
         Ok(())
     }
 
-    fn read(&self, keys: &[Key], order: &[u32]) -> Res<(u64, u64)> {
+    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)> {
         use redb::ReadableDatabase;
         let tx = self.0.begin_read()?;
         let t = tx.open_table(TABLE)?;
         let (mut found, mut bytes) = (0, 0);
         for &i in order {
-            let k: &[u8] = &keys[i as usize];
+            let k: &[u8] = &key(i, missing);
             if let Some(v) = t.get(k)? {
                 found += 1;
                 bytes += v.value().len() as u64;
