@@ -44,6 +44,9 @@ const RECLAIM_CHECKPOINT_MIN: u64 = 1 << 20;
 /// `cargo bench --bench space -- bulk`).
 const MIN_GROWTH: u64 = 1 << 20;
 const MAX_GROWTH: u64 = 4 << 20;
+/// How many keys ahead loops over known keys prefetch their index slots
+/// and records (`Mapping::prefetch`).
+pub(crate) const PREFETCH_AHEAD: usize = 8;
 /// Index slots moved per commit while the index moves to a new table: at
 /// least `MIGRATE_MIN`, and `MIGRATE_PER_KEY` per key the commit writes,
 /// so the move always ends before the new table could fill (it starts at
@@ -1007,7 +1010,16 @@ impl Shared {
         };
         let new = st.table();
         let end = old.cap().min(st.migrate_next.saturating_add(budget));
+        // Each slot names a record to read (its key decides the new home):
+        // prefetch the record of a slot a little ahead, so misses overlap.
         for i in st.migrate_next..end {
+            let ahead = i + 2 * PREFETCH_AHEAD as u64;
+            if ahead < end {
+                let v = old.load(map, ahead);
+                if v != SLOT_EMPTY {
+                    map.prefetch(slot_offset(v));
+                }
+            }
             let v = old.load(map, i);
             if v == SLOT_EMPTY {
                 continue;
@@ -1077,7 +1089,15 @@ impl Shared {
             .max(old_cap / MIGRATE_COMMITS);
         self.migrate(map, st, space, budget, seq)?;
         let table = st.table();
-        for &(hash, rec) in finals {
+        for (i, &(hash, rec)) in finals.iter().enumerate() {
+            // The slots and replaced records a few keys ahead: their cache
+            // misses overlap instead of queueing one after another.
+            if let Some(&(h, r)) = finals.get(i + PREFETCH_AHEAD) {
+                table.prefetch(map, h);
+                if r.prev != 0 {
+                    map.prefetch(r.prev);
+                }
+            }
             if rec.kind == KIND_DELETE && rec.prev == 0 {
                 continue; // deleted a key that no commit had: nothing to index
             }

@@ -68,6 +68,10 @@ impl Table {
     pub fn slot_off(&self, i: u64) -> u64 {
         self.off + 8 * i
     }
+    /// Starts loading the home slot of `hash` into the cache.
+    pub fn prefetch(&self, map: &Mapping, hash: u64) {
+        map.prefetch(self.slot_off(slot_home(hash, self.log2)));
+    }
     pub fn load(&self, map: &Mapping, i: u64) -> u64 {
         map.load(self.slot_off(i), Ordering::Acquire)
     }
@@ -98,6 +102,10 @@ impl Table {
             }
             if slot_matches(v, hash) {
                 let target = slot_offset(v);
+                // The record's next lines (the rest of a small value, which
+                // a get checks the CRC of): fetched alongside its first.
+                map.prefetch(target + 64);
+                map.prefetch(target + 128);
                 let bad = |why| BadSlot {
                     slot_off: self.slot_off(i),
                     target,

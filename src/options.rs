@@ -10,6 +10,9 @@ use crate::sim::SimDisk;
 use crate::storage::file::FileBackend;
 use crate::Store;
 
+/// See [`Options::compact_threshold`].
+const DEFAULT_COMPACT_THRESHOLD: f64 = 0.3;
+
 /// When `commit()` returns, how safe is the commit?
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -61,7 +64,7 @@ impl Options {
             durability: Durability::Immediate,
             faults: Faults::new(),
             auto_compact: true,
-            compact_threshold: 0.2,
+            compact_threshold: DEFAULT_COMPACT_THRESHOLD,
         }
     }
 
@@ -122,10 +125,14 @@ impl Options {
     /// The fraction of dead bytes in the log (overwritten or deleted
     /// versions) at which automatic compaction starts, and the least an
     /// extent must have to be emptied; clamped to `0.05..=0.95`, default
-    /// `0.2`. Lower keeps the file smaller and copies more.
+    /// `0.3`. Lower keeps the log smaller and copies more: in
+    /// `cargo bench --bench space -- overwrite` (random overwrites of
+    /// 100,000 keys), 0.2 copied 0.69 bytes per byte written, 0.3 copied
+    /// 0.52 and wrote 30% faster; the file peaked at 1.97× the live records
+    /// with either (set by growth steps early on, not by the threshold).
     pub fn compact_threshold(mut self, fraction: f64) -> Options {
         self.compact_threshold = if fraction.is_nan() {
-            0.2
+            DEFAULT_COMPACT_THRESHOLD
         } else {
             fraction.clamp(0.05, 0.95)
         };

@@ -5,7 +5,9 @@ use std::sync::{Arc, MutexGuard};
 use hashbrown::HashTable;
 
 use crate::changes::Changes;
-use crate::engine::{check_key, check_value, extent_size, Shared, SnapshotRecords, Writer};
+use crate::engine::{
+    check_key, check_value, extent_size, Shared, SnapshotRecords, Writer, PREFETCH_AHEAD,
+};
 use crate::error::Result;
 use crate::format::*;
 use crate::index::Records;
@@ -246,6 +248,9 @@ struct Pending {
     hash: u64,
     off: u64,
     order: u64,
+    /// The newest record is a put of a key no commit has (counted in
+    /// `fresh_keys`: the keys this commit adds to the index).
+    fresh: bool,
 }
 
 /// How compaction picks the extent to empty.
@@ -305,6 +310,8 @@ pub struct WriteTxn<'s> {
     n_records: u64,
     /// Distinct keys written.
     keys: u64,
+    /// Keys whose newest record here is a put of a key no commit has.
+    fresh_keys: u64,
     chain: crc32fast::Hasher,
     bytes: u64,
     /// Log ranges this transaction wrote, to flush at commit.
@@ -345,6 +352,7 @@ impl<'s> WriteTxn<'s> {
             pending: HashTable::new(),
             n_records: 0,
             keys: 0,
+            fresh_keys: 0,
             chain: crc32fast::Hasher::new(),
             bytes: 0,
             dirty: Vec::new(),
@@ -468,15 +476,23 @@ impl<'s> WriteTxn<'s> {
         let entry = self
             .pending
             .entry(hash, |p| record_key_is(map, p.off, key), |p| p.hash);
+        let fresh = kind == KIND_PUT && prev == 0 && flags & FLAG_MOVED == 0;
         match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().off = pos,
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                let p = o.get_mut();
+                self.fresh_keys = self.fresh_keys - p.fresh as u64 + fresh as u64;
+                p.off = pos;
+                p.fresh = fresh;
+            }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 let order = self.keys;
                 v.insert(Pending {
                     hash,
                     off: pos,
                     order,
+                    fresh,
                 });
+                self.fresh_keys += fresh as u64;
                 self.keys += 1;
             }
         }
@@ -557,13 +573,7 @@ impl<'s> WriteTxn<'s> {
         if self.index_prepared {
             return Ok(());
         }
-        let map = self.map.clone();
-        let mut extra = 0;
-        for p in self.pending.iter() {
-            let rec = self.shared.header(&map, p.off, "own record")?;
-            extra += (rec.kind == KIND_PUT && rec.prev == 0 && !rec.moved()) as u64;
-        }
-        if let Some(mv) = self.shared.index_move_needed(&self.base, extra)? {
+        if let Some(mv) = self.shared.index_move_needed(&self.base, self.fresh_keys)? {
             let mut space = std::mem::take(self.space_mut());
             let got = self
                 .shared
@@ -667,7 +677,28 @@ impl<'s> WriteTxn<'s> {
         let map = self.map.clone();
         let mut pos = self.base.victim_pos.clamp(e.off, e.end());
         let mut buf = Vec::new();
+        // The index slots of the next few records are prefetched (`lead`
+        // records from `pos` to `ahead`): each record's check is a random
+        // slot read, and overlapping those misses is most of the speed.
+        let table = self.base.table();
+        let (mut ahead, mut lead) = (pos, 0);
         while step.bytes < budget {
+            ahead = ahead.max(pos);
+            while lead < PREFETCH_AHEAD {
+                // (A next record or an unreadable one: the loop below decides.)
+                let Ok(r) = log::read_header(&map, ahead, e.end()) else {
+                    break;
+                };
+                if r.kind == KIND_NEXT {
+                    break;
+                }
+                if matches!(r.kind, KIND_PUT | KIND_DELETE) {
+                    table.prefetch(&map, hash_key(self.shared.seed, r.key(&map)));
+                }
+                ahead += r.size();
+                lead += 1;
+            }
+            lead = lead.saturating_sub(1);
             let rec = match log::read_record(&map, pos, e.end()) {
                 Ok(r) if r.seq < seq => r,
                 Ok(_) | Err(_) => {

@@ -47,21 +47,12 @@ fn file_bytes<E: Engine>(dir: &Path) -> u64 {
 
 /// Durable commits of `BATCH` puts (or deletes) over `order`; emits ops/s,
 /// disk bytes written per op and the file size after.
-fn batches<E: Engine>(
-    name: &str,
-    e: &E,
-    dir: &Path,
-    order: &[u32],
-    round: Option<u8>,
-) -> Res<()> {
+fn batches<E: Engine>(name: &str, e: &E, dir: &Path, order: &[u32], round: Option<u8>) -> Res<()> {
     let before = write_bytes();
     let t = Instant::now();
     let value = round.map(|r| move |i| value(i, r));
     for chunk in order.chunks(BATCH) {
-        e.write(
-            chunk,
-            value.as_ref().map(|f| f as &dyn Fn(u32) -> Value),
-        )?;
+        e.write(chunk, value.as_ref().map(|f| f as &dyn Fn(u32) -> Value))?;
     }
     let secs = t.elapsed().as_secs_f64();
     emit(&format!("{name}_ops"), order.len() as f64 / secs);
