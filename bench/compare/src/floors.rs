@@ -21,7 +21,7 @@ pub struct Floors {
     pub inplace_fdatasync_us: f64,
     pub append_fdatasync_us: f64,
     pub msync_page_us: f64,
-    pub msync_page_random_us: f64,
+    pub msync_page_small_us: f64,
     pub dram_load_ns: f64,
 }
 
@@ -78,10 +78,23 @@ fn append(dir: &Path) -> Res<f64> {
 }
 
 /// One byte dirtied through a `MAP_SHARED` mapping of written blocks, then
-/// `msync(MS_SYNC)` of its page; with `random`, the mapping has
-/// `MADV_RANDOM` (no large-folio readahead).
-fn msync_page(dir: &Path, random: bool) -> Res<f64> {
-    let f = written_file(&dir.join("floor-msync"))?;
+/// `msync(MS_SYNC)` of its page. With `through_map`, the blocks were
+/// written through a `MADV_RANDOM` mapping (as mapkv prepares its log), so
+/// the page cache holds 4 KiB folios; otherwise with `write`, which leaves
+/// large folios, and `msync` writes back the whole folio around the byte.
+fn msync_page(dir: &Path, through_map: bool) -> Res<f64> {
+    let f = if through_map {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("floor-msync"))?;
+        f.set_len(SPAN)?;
+        f
+    } else {
+        written_file(&dir.join("floor-msync"))?
+    };
     // SAFETY: a fresh shared mapping of a file we own, SPAN bytes long; it
     // is written only below SPAN and unmapped before return.
     let map = unsafe {
@@ -98,9 +111,15 @@ fn msync_page(dir: &Path, random: bool) -> Res<f64> {
         return Err(std::io::Error::last_os_error().into());
     }
     let base = map as *mut u8;
-    if random {
-        // SAFETY: advice on the mapping made above.
-        unsafe { libc::madvise(map, SPAN as usize, libc::MADV_RANDOM) };
+    if through_map {
+        // SAFETY: advice on the mapping made above, then writes inside it.
+        unsafe {
+            libc::madvise(map, SPAN as usize, libc::MADV_RANDOM);
+            std::ptr::write_bytes(base, 0x5a, SPAN as usize);
+            if libc::msync(map, SPAN as usize, libc::MS_SYNC) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
     }
     let mut us = Vec::with_capacity(ROUNDS);
     for i in 0..ROUNDS as u64 {
@@ -149,7 +168,7 @@ pub fn measure(dir: &Path) -> Res<Floors> {
         inplace_fdatasync_us: inplace(dir)?,
         append_fdatasync_us: append(dir)?,
         msync_page_us: msync_page(dir, false)?,
-        msync_page_random_us: msync_page(dir, true)?,
+        msync_page_small_us: msync_page(dir, true)?,
         dram_load_ns: dram(),
     };
     for name in ["floor-inplace", "floor-append", "floor-msync"] {

@@ -404,12 +404,12 @@ fn main() -> Res<()> {
         fl(|f| f.append_fdatasync_us)
     );
     println!(
-        "| `msync` of one freshly dirtied mapped page | {:.0} µs |",
+        "| `msync` of one freshly dirtied mapped page (file written with `write`: large folios) | {:.0} µs |",
         fl(|f| f.msync_page_us)
     );
     println!(
-        "| … with `MADV_RANDOM` on the mapping | {:.0} µs |",
-        fl(|f| f.msync_page_random_us)
+        "| … file written through a `MADV_RANDOM` map (4 KiB folios, as mapkv's log) | {:.0} µs |",
+        fl(|f| f.msync_page_small_us)
     );
     println!(
         "| random dependent DRAM load (256 MiB chase) | {:.0} ns |",
