@@ -207,6 +207,41 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
 }
 
 #[test]
+fn one_commit_sizes_the_index_for_exactly_the_keys_it_adds() {
+    // A commit counts the keys it adds as it writes: a key put and then
+    // deleted in the same transaction adds none, a key put twice adds one.
+    // The new table is the smallest power of two at most half full.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("d.kv")).unwrap();
+    let mut tx = store.begin_write().unwrap();
+    for i in 0..20_000 {
+        tx.put(&key(i), b"v").unwrap();
+    }
+    for i in 0..10_000 {
+        assert!(tx.delete(&key(i)).unwrap());
+    }
+    for i in 0..5_000 {
+        tx.put(&key(i), b"again").unwrap();
+    }
+    for i in 15_000..20_000 {
+        tx.put(&key(i), b"twice").unwrap();
+    }
+    tx.commit().unwrap();
+    let s = store.stats().unwrap();
+    assert_eq!(s.keys, 15_000);
+    // 15,000 keys: 32,768 slots (counting the 20,000 ever put: 65,536).
+    assert_eq!(s.index_slots, 32_768);
+    assert_eq!(s.index_used, 15_000);
+    let snap = store.begin_read().unwrap();
+    assert_eq!(snap.get(&key(4_999)).unwrap(), Some(&b"again"[..]));
+    assert_eq!(snap.get(&key(5_000)).unwrap(), None);
+    assert_eq!(snap.get(&key(12_000)).unwrap(), Some(&b"v"[..]));
+    assert_eq!(snap.get(&key(19_999)).unwrap(), Some(&b"twice"[..]));
+    drop(snap);
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
 fn a_backup_is_one_consistent_snapshot_while_a_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("e.kv")).unwrap();
