@@ -1967,6 +1967,9 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
     );
     map.write_words(META_OFFSETS[1], bytemuck::bytes_of(&meta));
     flush(0, len)?;
+    // The first log extent, like every later one ("Growth"): its first
+    // commits must not pay the conversion of unwritten blocks.
+    let _ = backend.prepare(&map, DATA_START, LOG_EXTENT);
     Ok(len)
 }
 
