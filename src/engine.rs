@@ -1013,13 +1013,7 @@ impl Shared {
         // Each slot names a record to read (its key decides the new home):
         // prefetch the record of a slot a little ahead, so misses overlap.
         for i in st.migrate_next..end {
-            let ahead = i + 2 * PREFETCH_AHEAD as u64;
-            if ahead < end {
-                let v = old.load(map, ahead);
-                if v != SLOT_EMPTY {
-                    map.prefetch(slot_offset(v));
-                }
-            }
+            old.prefetch_record(map, i + 2 * PREFETCH_AHEAD as u64);
             let v = old.load(map, i);
             if v == SLOT_EMPTY {
                 continue;

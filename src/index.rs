@@ -72,6 +72,17 @@ impl Table {
     pub fn prefetch(&self, map: &Mapping, hash: u64) {
         map.prefetch(self.slot_off(slot_home(hash, self.log2)));
     }
+    /// Starts loading the record slot `i` names (nothing for an empty slot
+    /// or one past the end): for loops that walk the slots in order, whose
+    /// records are scattered.
+    pub fn prefetch_record(&self, map: &Mapping, i: u64) {
+        if i < self.cap() {
+            let v = self.load(map, i);
+            if v != SLOT_EMPTY {
+                map.prefetch(slot_offset(v));
+            }
+        }
+    }
     pub fn load(&self, map: &Mapping, i: u64) -> u64 {
         map.load(self.slot_off(i), Ordering::Acquire)
     }

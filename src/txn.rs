@@ -217,13 +217,7 @@ impl<'t> Iterator for Iter<'t> {
             while self.slot < table.cap() {
                 // The record of a slot a little ahead: slots are read in
                 // order, their records are scattered, so overlap the misses.
-                let ahead = self.slot + 2 * PREFETCH_AHEAD as u64;
-                if ahead < table.cap() {
-                    let w = table.load(map, ahead);
-                    if w != SLOT_EMPTY {
-                        map.prefetch(slot_offset(w));
-                    }
-                }
+                table.prefetch_record(map, self.slot + 2 * PREFETCH_AHEAD as u64);
                 let v = table.load(map, self.slot);
                 self.slot += 1;
                 if v == SLOT_EMPTY {
