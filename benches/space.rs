@@ -14,6 +14,8 @@
 //! - `bulk`: 10,000,000 new keys in durable commits of 1,000; prints
 //!   p50/p99/max commit latency and max/p50 (no commit pays for a whole
 //!   index rebuild: the index moves to each larger table over commits).
+//!   `MAPKV_BENCH_SLOW_MS=6` also prints every commit that took 6 ms or
+//!   more, with what it did (file growth, index move, log size).
 //! - `reads`: 1,000,000 keys overwritten three times (automatic compaction
 //!   off), then random gets in one thread for as long as `compact()` takes
 //!   in another, against the same number of gets with no compaction.
@@ -120,6 +122,9 @@ fn bulk(dir: &std::path::Path) {
     let mut slowest: Vec<(Duration, u64, String)> = Vec::new();
     let mut moving = 0;
     let mut before = store.stats().unwrap();
+    let slow_ms = std::env::var("MAPKV_BENCH_SLOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     let t0 = Instant::now();
     let mut i = 0;
     while i < n {
@@ -146,6 +151,9 @@ fn bulk(dir: &std::path::Path) {
             },
             after.log_bytes >> 20
         );
+        if slow_ms.is_some_and(|ms| took >= Duration::from_millis(ms)) {
+            eprintln!("slow commit: {took:?} at key {i}: {what}");
+        }
         slowest.push((took, i, what));
         slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
         slowest.truncate(5);

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::index::{BadSlot, Probe, Records, Table};
+use crate::index::{BadSlot, Probe, Records, Table, MAX_LOAD_EIGHTHS};
 use crate::live::{self, State};
 use crate::log::{self, Cursor, ExtentRules, IndexMove, Record, ScannedCommit};
 use crate::options::{Durability, Options};
@@ -56,6 +56,12 @@ const MIGRATE_PER_KEY: u64 = 4;
 /// ... and at least this fraction of the old table, so that a move ends
 /// within this many commits however small they are.
 const MIGRATE_COMMITS: u64 = 2048;
+/// `prepare_ahead` prepares tables at least this large (the pages of a
+/// smaller one are few enough to fault in during its move)...
+const PREPARE_TABLE_MIN: u64 = 8 << 20;
+/// ... twice what a commit logged, within these bounds.
+const PREPARE_AHEAD_MIN: u64 = 64 << 10;
+const PREPARE_AHEAD_MAX: u64 = 2 << 20;
 
 /// What every handle of one store shares: the backend, the current mapping
 /// and the writer's state.
@@ -100,6 +106,30 @@ pub(crate) struct Writer {
     pub space_dirty: bool,
     /// A checkpoint being taken a slice at a time (this process only).
     pub fuzzy: Option<Fuzzy>,
+    /// What this process knows of the file past the allocated area.
+    pub tail: Tail,
+}
+
+/// What the writer knows of the space at the end of the file, to prepare
+/// the next index table before its move starts (docs/DESIGN.md, "Index
+/// growth"). In memory only, and forgotten whenever another handle may
+/// have written: recovery and a new writer know nothing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tail {
+    /// Every byte from here to the end of the file is zero: the file grew
+    /// by it and no allocation has reached it since. (`u64::MAX`: nothing
+    /// known.)
+    pub zeros_from: u64,
+    /// The zeros up to here (from `zeros_from`) are prepared: written
+    /// through the map, their extents converted or being converted.
+    pub prepared_to: u64,
+}
+
+impl Tail {
+    pub const UNKNOWN: Tail = Tail {
+        zeros_from: u64::MAX,
+        prepared_to: 0,
+    };
 }
 
 /// A fuzzy checkpoint in progress: the state (and extent table) it will
@@ -447,6 +477,7 @@ impl Shared {
                 space: Space::default(),
                 space_dirty: false,
                 fuzzy: None,
+                tail: Tail::UNKNOWN,
             }),
             backend,
         };
@@ -847,23 +878,26 @@ impl Shared {
         map: &mut Arc<Mapping>,
         st: &mut State,
         space: &mut Space,
+        tail: &mut Tail,
         size: u64,
         use_: Option<Use>,
     ) -> Result<u64> {
-        self.allocate_zeroed(map, st, space, size, use_)
+        self.allocate_zeroed(map, st, space, tail, size, use_)
             .map(|(off, _)| off)
     }
 
-    /// [`allocate`](Self::allocate), also saying whether the range is
-    /// known to hold zeros: all of it was added to the file by this call.
+    /// [`allocate`](Self::allocate), also saying from where on the range
+    /// is known to hold zeros (its end if nowhere): space the file grew by
+    /// that no allocation reached since (`tail`).
     pub(crate) fn allocate_zeroed(
         &self,
         map: &mut Arc<Mapping>,
         st: &mut State,
         space: &mut Space,
+        tail: &mut Tail,
         size: u64,
         use_: Option<Use>,
-    ) -> Result<(u64, bool)> {
+    ) -> Result<(u64, u64)> {
         let size = align_page(size);
         let full = || Error::StoreFull {
             path: self.path.clone(),
@@ -872,34 +906,120 @@ impl Shared {
             return Err(full());
         }
         if let Some(off) = space.take_free(size, use_) {
-            return Ok((off, false));
+            return Ok((off, off + size));
         }
         let off = align_page(st.alloc_end);
         let end = off
             .checked_add(size)
             .filter(|&e| e <= MAX_FILE_LEN)
             .ok_or_else(full)?;
-        let fresh = off >= st.file_len;
         if end > st.file_len {
             let step = (st.file_len / 4).clamp(MIN_GROWTH, MAX_GROWTH);
             let want = end.max(st.file_len + step);
-            let new_len = want.div_ceil(MIN_GROWTH) * MIN_GROWTH;
-            self.backend
-                .grow(new_len)
-                .map_err(|e| self.io(format!("grow the file to {new_len} bytes"), e))?;
             let old_len = st.file_len;
-            st.file_len = new_len;
-            *map = self.map_covering(new_len)?;
+            self.grow_file(map, st, tail, want)?;
             if use_.is_some() {
                 // Where the log goes next: convert it now, in the background.
-                let _ = self.backend.prepare(map, old_len, new_len - old_len);
+                let _ = self.backend.prepare(map, old_len, st.file_len - old_len);
             }
         }
+        let zeros = tail.zeros_from.clamp(off, end);
+        // Whatever is written here from now on (even by a transaction that
+        // aborts) is no longer known to be zero.
+        tail.zeros_from = tail.zeros_from.max(end);
         st.alloc_end = end;
         if let Some(u) = use_ {
             space.insert(off, size, u);
         }
-        Ok((off, fresh))
+        Ok((off, zeros))
+    }
+
+    /// Grows the file to at least `want` bytes (whole growth units) and
+    /// maps it; the new space reads as zeros.
+    fn grow_file(
+        &self,
+        map: &mut Arc<Mapping>,
+        st: &mut State,
+        tail: &mut Tail,
+        want: u64,
+    ) -> Result<()> {
+        let new_len = want.div_ceil(MIN_GROWTH) * MIN_GROWTH;
+        self.backend
+            .grow(new_len)
+            .map_err(|e| self.io(format!("grow the file to {new_len} bytes"), e))?;
+        tail.zeros_from = tail.zeros_from.min(st.file_len);
+        st.file_len = new_len;
+        *map = self.map_covering(new_len)?;
+        Ok(())
+    }
+
+    /// Prepares, a slice per commit, the space at the end of the file
+    /// that the log's next extent and the index's next table will take
+    /// (when no free range can hold them): the zeros past the allocation
+    /// end are kept prepared (written through the map, writeback started)
+    /// for
+    /// - the log's next extent, once extents are larger than the minimum
+    ///   (a file past 128 MiB: the space prepared early is then at most a
+    ///   128th of the file), or while the next table is prepared (the
+    ///   commit that starts the move may need an extent before the table);
+    /// - the index's next table, once it is at least `PREPARE_TABLE_MIN`
+    ///   and the table is past a third of its load limit: its size times
+    ///   how far the table is on its way to the limit.
+    ///
+    /// The log's appends and the move then find their pages in memory
+    /// with their extents converted, instead of faulting them in (~14 µs a
+    /// page here, most of it zeroing a new page-cache page) a thousand at
+    /// a time in the commits that first write there. A commit prepares at
+    /// most twice the bytes it logged (`logged`) plus twice the table's
+    /// share of the keys it added (`added`), so the cost is spread as
+    /// evenly as the writes that make it necessary. Failing only costs
+    /// speed later, so errors are ignored.
+    pub(crate) fn prepare_ahead(
+        &self,
+        map: &mut Arc<Mapping>,
+        st: &mut State,
+        space: &Space,
+        tail: &mut Tail,
+        logged: u64,
+        added: u64,
+    ) {
+        let mut table = 0;
+        let mut budget = 2 * logged;
+        if st.old_table().is_none() {
+            let t = st.table();
+            let limit = t.cap() * MAX_LOAD_EIGHTHS / 8;
+            let from = limit / 3;
+            let next = 2 * t.bytes();
+            if next >= PREPARE_TABLE_MIN
+                && st.index_used > from
+                && space.lowest_free(next).is_none()
+            {
+                let per_key =
+                    |keys: u64| (next as u128 * keys as u128 / (limit - from) as u128) as u64;
+                table = per_key((st.index_used - from).min(limit - from));
+                budget += 2 * per_key(added);
+            }
+        }
+        let extent = extent_size(st, 0);
+        let log = (table > 0 || extent > LOG_EXTENT) && space.lowest_free(extent).is_none();
+        let want = table + if log { extent } else { 0 };
+        if want == 0 {
+            return;
+        }
+        let base = align_page(st.alloc_end).max(tail.zeros_from.min(st.file_len));
+        let want = base.saturating_add(want);
+        let start = tail.prepared_to.max(base);
+        if start >= want || want > MAX_FILE_LEN {
+            return;
+        }
+        let budget = budget.clamp(PREPARE_AHEAD_MIN, PREPARE_AHEAD_MAX);
+        let end = align_page(want.min(start + budget));
+        if end > st.file_len && self.grow_file(map, st, tail, end).is_err() {
+            return;
+        }
+        if self.backend.prepare(map, start, end - start).is_ok() {
+            tail.prepared_to = end;
+        }
     }
 
     /// Whether the index must start moving to a new table for `extra` new
@@ -945,18 +1065,21 @@ impl Shared {
         map: &mut Arc<Mapping>,
         st: &mut State,
         space: &mut Space,
+        tail: &mut Tail,
         log2: u32,
     ) -> Result<u64> {
         let bytes = 8u64 << log2;
-        let (off, fresh) = self.allocate_zeroed(map, st, space, bytes, None)?;
+        let (off, zeros) = self.allocate_zeroed(map, st, space, tail, bytes, None)?;
         // Allocated space may hold bytes of an aborted transaction or of
-        // a reclaimed extent; space the file just grew by is zeros already
-        // (and writing it through the map would fault every page in now,
-        // in this commit, instead of slot by slot as the move fills it).
-        if !fresh {
-            self.backend.zero_range(map, off, bytes).map_err(|e| {
-                self.io(format!("zero {bytes} bytes at {off} for an index table"), e)
-            })?;
+        // a reclaimed extent; space the file grew by is zeros already (and
+        // writing it through the map would fault every page in now, in
+        // this commit, instead of slot by slot as the move fills it, or
+        // ahead of it: `prepare_ahead`).
+        if zeros > off {
+            let len = zeros - off;
+            self.backend
+                .zero_range(map, off, len)
+                .map_err(|e| self.io(format!("zero {len} bytes at {off} for an index table"), e))?;
         }
         Ok(off)
     }
@@ -1173,7 +1296,10 @@ impl Shared {
         drop(last);
         let index_move = match c.index {
             Some(mv) if mv.log2 == 0 => Some((mv, 0)),
-            Some(mv) => Some((mv, self.index_table(map, st, space, mv.log2)?)),
+            Some(mv) => {
+                let mut tail = Tail::UNKNOWN; // the original commit's may differ
+                Some((mv, self.index_table(map, st, space, &mut tail, mv.log2)?))
+            }
             None => None,
         };
         self.apply(map, st, space, &finals, c.seq, index_move)?;
@@ -1407,7 +1533,14 @@ impl Shared {
             .into_iter()
             .flatten()
             .collect();
-        st.index_off = self.allocate(&mut map, &mut st, &mut space, 8u64 << log2, None)?;
+        st.index_off = self.allocate(
+            &mut map,
+            &mut st,
+            &mut space,
+            &mut w.tail,
+            8u64 << log2,
+            None,
+        )?;
         st.index_log2 = log2 as u64;
         st.old_index_off = 0;
         st.old_index_log2 = 0;
@@ -1633,6 +1766,7 @@ impl Shared {
             w.full_flush = st.synced_tail != st.tail;
             w.space = self.working_space(&map, &st)?;
             w.space_dirty = false;
+            w.tail = Tail::UNKNOWN;
         }
         // A checkpoint is found by generation: trust the pages, not the header.
         let meta = pick_meta(&self.path, &map)?;
@@ -1778,6 +1912,8 @@ impl Shared {
         w.space_dirty = true;
         self.checkpoint(w, map, st, false)?;
         st.file_len = new_len;
+        w.tail.zeros_from = w.tail.zeros_from.min(new_len);
+        w.tail.prepared_to = w.tail.prepared_to.min(new_len);
         self.publish(w, map, st);
         self.backend
             .shrink(new_len)

@@ -541,9 +541,14 @@ impl<'s> WriteTxn<'s> {
             last_seq: 0,
         };
         let mut space = std::mem::take(self.space_mut());
-        let got = self
-            .shared
-            .allocate(&mut self.map, &mut self.base, &mut space, len, Some(fresh));
+        let got = self.shared.allocate(
+            &mut self.map,
+            &mut self.base,
+            &mut space,
+            &mut self.w.tail,
+            len,
+            Some(fresh),
+        );
         // The extent the log leaves is sealed: a compaction candidate once
         // this commit is older than the one choosing it.
         if got.is_ok() {
@@ -578,9 +583,13 @@ impl<'s> WriteTxn<'s> {
         }
         if let Some(mv) = self.shared.index_move_needed(&self.base, self.fresh_keys)? {
             let mut space = std::mem::take(self.space_mut());
-            let got = self
-                .shared
-                .index_table(&mut self.map, &mut self.base, &mut space, mv.log2);
+            let got = self.shared.index_table(
+                &mut self.map,
+                &mut self.base,
+                &mut space,
+                &mut self.w.tail,
+                mv.log2,
+            );
             self.w.space = space;
             let off = got?;
             self.log_index_move(mv, off)?;
@@ -882,7 +891,18 @@ impl<'s> WriteTxn<'s> {
             self.finish();
             return Err(e);
         }
-        // 5. Publish: readers that begin from now on see the commit.
+        // 5. The space the log and the index's next table will take, a
+        //    slice ahead.
+        let w = &mut *self.w;
+        self.shared.prepare_ahead(
+            &mut map,
+            &mut st,
+            &w.space,
+            &mut w.tail,
+            self.bytes,
+            self.fresh_keys,
+        );
+        // 6. Publish: readers that begin from now on see the commit.
         self.shared.publish(&mut self.w, &map, &mut st);
         self.finish();
         Ok(st.seq)

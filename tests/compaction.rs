@@ -207,6 +207,70 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
 }
 
 #[test]
+fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
+    // While a table fills, the commits prepare the space at the end of the
+    // file where the next table will go, so the commit that starts the
+    // move into an 8 MiB table does not grow the file by the table. An
+    // aborted transaction that wrote records past the allocation end just
+    // before leaves bytes where the new table lands: they must be zeroed,
+    // not taken for prepared zeros.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.kv");
+    let store = Store::open(&path).unwrap();
+    let mut next = 0u32;
+    let mut aborted = false;
+    let mut started = None;
+    while next < 600_000 {
+        let before = store.stats().unwrap();
+        // The commit after this one starts the move (at 3/4 load).
+        let moves_next = before.index_used + 10_000 > (1 << 19) * 3 / 4;
+        if before.index_slots == 1 << 19 && before.index_moving == 0 && moves_next && !aborted {
+            let mut tx = store.begin_write().unwrap();
+            for i in 0..30_000u32 {
+                tx.put(&i.to_be_bytes(), &[0xAB; 100]).unwrap();
+            }
+            tx.abort();
+            aborted = true;
+        }
+        let mut tx = store.begin_write().unwrap();
+        for _ in 0..10_000 {
+            tx.put(&key(next), &next.to_le_bytes()).unwrap();
+            next += 1;
+        }
+        tx.commit().unwrap();
+        let after = store.stats().unwrap();
+        if before.index_slots == 1 << 19 && after.index_slots == 1 << 20 {
+            started = Some(after.file_bytes - before.file_bytes);
+        }
+        if started.is_some() && after.index_moving == 0 {
+            break;
+        }
+    }
+    assert!(aborted, "no aborted transaction before the move");
+    let check = |store: &Store| {
+        let snap = store.begin_read().unwrap();
+        for i in (0..next).step_by(7) {
+            assert_eq!(
+                snap.get(&key(i)).unwrap(),
+                Some(&i.to_le_bytes()[..]),
+                "key {i}"
+            );
+        }
+        assert_eq!(snap.get(&7u32.to_be_bytes()).unwrap(), None);
+        assert_eq!(store.stats().unwrap().keys, next as u64);
+        assert!(store.verify().unwrap().is_ok());
+    };
+    check(&store);
+    drop(store);
+    check(&Store::open(&path).unwrap());
+    let grew = started.expect("the index never moved to 2^20 slots");
+    assert!(
+        grew < 4 << 20,
+        "the commit that started the move grew the file by {grew} bytes: its 8 MiB table was not prepared"
+    );
+}
+
+#[test]
 fn one_commit_sizes_the_index_for_exactly_the_keys_it_adds() {
     // A commit counts the keys it adds as it writes: a key put and then
     // deleted in the same transaction adds none, a key put twice adds one.

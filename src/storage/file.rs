@@ -63,11 +63,14 @@ const ZERO_CHUNK: usize = 1 << 20;
 const ZERO_FILL_MAX: u64 = 2 << 20;
 
 /// Address space to map for a file of `len` bytes: room to grow fourfold,
-/// at least 1 GiB more (address space is cheap; a remap makes the writer
-/// and every reader fault all their pages again — measured: a 64 ms commit
-/// in a 10M-key bulk load, the index's pages faulted back in).
+/// and at least 64 GiB (address space is cheap, and a mapping past the end
+/// of the file costs nothing until the file covers it; a remap makes the
+/// writer and every reader fault all their pages again — measured: a 64 ms
+/// commit in a 10M-key bulk load, the index's pages faulted back in, and
+/// 16 ms where the file crossed 1 GiB with a 1 GiB minimum). Where the
+/// process may not map that much (`ulimit -v`), `map` asks for less.
 fn reserve_for(len: u64) -> u64 {
-    let want = len.saturating_mul(4).max(len + (1 << 30));
+    let want = len.saturating_mul(4).max(64 << 30);
     want.min(crate::format::MAX_FILE_LEN).max(len)
 }
 
@@ -91,13 +94,23 @@ impl Backend for FileBackend {
     fn map(&self, len: u64) -> io::Result<Mapping> {
         // Address space for growth: mapping past the end of the file is
         // allowed, and nothing touches it until the file covers it.
-        let reserved = reserve_for(len);
-        let mut opts = memmap2::MmapOptions::new();
-        opts.len(reserved as usize);
-        let raw = if self.fd_writable {
-            opts.map_raw(&self.file)?
-        } else {
-            opts.map_raw_read_only(&self.file)?
+        let map_raw = |reserved: u64| {
+            let mut opts = memmap2::MmapOptions::new();
+            opts.len(reserved as usize);
+            if self.fd_writable {
+                opts.map_raw(&self.file)
+            } else {
+                opts.map_raw_read_only(&self.file)
+            }
+        };
+        let mut reserved = reserve_for(len);
+        let raw = loop {
+            match map_raw(reserved) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && reserved > len => {
+                    reserved = (reserved / 4).max(len);
+                }
+                r => break r?,
+            }
         };
         // Faults bring in one page, not a readahead window: the index is
         // read and dirtied at random, and large page-cache folios would turn
