@@ -93,6 +93,13 @@ pub(crate) fn read_header(map: &Mapping, off: u64, end: u64) -> Result<Record, I
     let bytes = map
         .bytes(off, HEADER_SIZE as u64)
         .ok_or(Invalid::OutOfBounds)?;
+    parse_header(bytes, off, end)
+}
+
+/// The header in `bytes` (at least `HEADER_SIZE` of them), of a record at
+/// `off` that must end by `end`; checked as [`read_header`] does.
+pub(crate) fn parse_header(bytes: &[u8], off: u64, end: u64) -> Result<Record, Invalid> {
+    let bytes = bytes.get(..HEADER_SIZE).ok_or(Invalid::OutOfBounds)?;
     let h: RecordHeader = bytemuck::pod_read_unaligned(bytes);
     let val_len = h.val_len.get() as usize;
     let (key_len, lengths_ok) = h.lengths().ok_or(Invalid::BadKind(h.kind))?;
@@ -167,19 +174,13 @@ pub(crate) fn make_header_flags(
     h
 }
 
-/// Writes a record at `off` (header, key, value, zero padding) and returns
-/// its CRC. The caller has checked that it fits.
-pub(crate) fn write_record(map: &Mapping, off: u64, h: &RecordHeader, key: &[u8], val: &[u8]) {
-    map.write(off, bytemuck::bytes_of(h));
-    let mut p = off + HEADER_SIZE as u64;
-    map.write(p, key);
-    p += key.len() as u64;
-    map.write(p, val);
-    p += val.len() as u64;
-    let end = off + record_size(key.len(), val.len());
-    if end > p {
-        map.write(p, &[0u8; 8][..(end - p) as usize]);
-    }
+/// Appends a record's bytes to `out`: header, key, value, zero padding.
+pub(crate) fn encode_record(out: &mut Vec<u8>, h: &RecordHeader, key: &[u8], val: &[u8]) {
+    let end = out.len() + record_size(key.len(), val.len()) as usize;
+    out.extend_from_slice(bytemuck::bytes_of(h));
+    out.extend_from_slice(key);
+    out.extend_from_slice(val);
+    out.resize(end, 0);
 }
 
 /// The records of one log extent `[off, end)` from its start: up to `stop`

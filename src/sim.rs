@@ -331,6 +331,12 @@ impl Backend for SimHandle {
         Ok(())
     }
 
+    fn write(&self, map: &Mapping, off: u64, data: &[u8]) -> io::Result<()> {
+        // The buffer is the page cache: a cut keeps what was flushed.
+        map.write(off, data);
+        Ok(())
+    }
+
     fn prepare(&self, _map: &Mapping, _off: u64, _len: u64) -> io::Result<()> {
         // Grown space already reads as zeros here, and there is no
         // unwritten-extent cost to move.

@@ -239,9 +239,49 @@ impl<'t> Iterator for Iter<'t> {
     }
 }
 
-/// Whether the transaction's own record at `off` is for `key`.
-fn record_key_is(map: &Mapping, off: u64, key: &[u8]) -> bool {
-    log::read_header(map, off, map.len()).is_ok_and(|r| r.key(map) == key)
+/// Log bytes the transaction wrote that are not in the file yet: one run
+/// of consecutive records from `off`. A run reaches the file with one
+/// `Backend::write` (a `pwrite`) when it is full, when the log moves to
+/// another extent, and at commit — not through the map, so no log page is
+/// ever mapped writable (docs/DESIGN.md, "Writing the log").
+struct Staged {
+    off: u64,
+    buf: Vec<u8>,
+    /// Some of the transaction's bytes reached the file.
+    wrote: bool,
+}
+
+/// A run is written out once it holds this much; a record larger than
+/// this is written on its own.
+const STAGE_MAX: usize = 1 << 20;
+
+impl Staged {
+    /// `len` bytes at `off` as the transaction wrote them: from the run
+    /// if it holds them, else from the map. (Records never straddle the
+    /// run's start.)
+    fn bytes<'a>(&'a self, map: &'a Mapping, off: u64, len: u64) -> Option<&'a [u8]> {
+        let end = self.off + self.buf.len() as u64;
+        if off >= self.off && off < end {
+            let at = (off - self.off) as usize;
+            return self.buf.get(at..at.checked_add(len as usize)?);
+        }
+        map.bytes(off, len)
+    }
+
+    /// The header of the transaction's own record at `off`.
+    fn header(&self, map: &Mapping, off: u64) -> Result<log::Record, log::Invalid> {
+        let end = self.off + self.buf.len() as u64;
+        if off >= self.off && off < end {
+            return log::parse_header(&self.buf[(off - self.off) as usize..], off, end);
+        }
+        log::read_header(map, off, map.len())
+    }
+
+    /// Whether the transaction's own record at `off` is for `key`.
+    fn key_is(&self, map: &Mapping, off: u64, key: &[u8]) -> bool {
+        self.header(map, off)
+            .is_ok_and(|r| self.bytes(map, r.key_off(), r.key_len as u64) == Some(key))
+    }
 }
 
 /// A key written by the transaction: its newest record so far, and the
@@ -283,8 +323,9 @@ const AUTO_COMPACT_MIN: u64 = 2 << 20;
 
 /// The one write transaction of the store (across threads and processes).
 ///
-/// Puts and deletes go straight into the log, beyond the committed tail,
-/// where no reader looks; [`get`](Self::get) sees them.
+/// Puts and deletes go into the log, beyond the committed tail, where no
+/// reader looks (staged in memory in runs of up to 1 MiB, each written to
+/// the file with one `pwrite`); [`get`](Self::get) sees them.
 /// [`commit`](Self::commit) makes them visible to everyone at once;
 /// dropping the transaction without committing discards them.
 ///
@@ -319,6 +360,8 @@ pub struct WriteTxn<'s> {
     bytes: u64,
     /// Log ranges this transaction wrote, to flush at commit.
     dirty: Vec<(u64, u64)>,
+    /// Records not written to the file yet.
+    staged: Staged,
     durability: Durability,
     done: bool,
     /// The writer's extent table (and its dirty flag) before this
@@ -359,6 +402,11 @@ impl<'s> WriteTxn<'s> {
             chain: crc32fast::Hasher::new(),
             bytes: 0,
             dirty: Vec::new(),
+            staged: Staged {
+                off: base.tail,
+                buf: Vec::new(),
+                wrote: false,
+            },
             durability: shared.durability,
             done: false,
             space_undo: None,
@@ -383,8 +431,74 @@ impl<'s> WriteTxn<'s> {
     fn pending_of(&self, hash: u64, key: &[u8]) -> Option<Pending> {
         let map = &*self.map;
         self.pending
-            .find(hash, |p| record_key_is(map, p.off, key))
+            .find(hash, |p| self.staged.key_is(map, p.off, key))
             .copied()
+    }
+
+    /// The header of the transaction's own record at `off`.
+    fn own_header(&self, off: u64) -> Result<log::Record> {
+        self.staged
+            .header(&self.map, off)
+            .map_err(|e| self.shared.corrupted(off, format!("own record: {e}")))
+    }
+
+    /// Writes a record at `at` (reserved): staged, or on its own if large.
+    /// A failed write poisons the handle, as a failed flush does: the
+    /// transaction's bytes in the file are then unknown.
+    fn write_record(&mut self, at: u64, h: &RecordHeader, key: &[u8], val: &[u8]) -> Result<()> {
+        let run_end = self.staged.off + self.staged.buf.len() as u64;
+        let size = record_size(key.len(), val.len()) as usize;
+        if !self.staged.buf.is_empty()
+            && (run_end != at || self.staged.buf.len() + size > STAGE_MAX)
+        {
+            self.write_staged()?;
+        }
+        if self.staged.buf.is_empty() {
+            self.staged.off = at;
+        }
+        if size <= STAGE_MAX {
+            log::encode_record(&mut self.staged.buf, h, key, val);
+            return Ok(());
+        }
+        // A large value is written from where it is, not copied first.
+        let mut head = Vec::with_capacity(HEADER_SIZE + key.len());
+        log::encode_record(&mut head, h, key, &[]);
+        head.truncate(HEADER_SIZE + key.len());
+        let pad = size - head.len() - val.len();
+        let parts: [(u64, &[u8]); 3] = [
+            (at, &head),
+            (at + head.len() as u64, val),
+            (at + (size - pad) as u64, &[0u8; 8][..pad]),
+        ];
+        for (off, bytes) in parts {
+            self.write_out(off, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the staged run to the file.
+    fn write_staged(&mut self) -> Result<()> {
+        if self.staged.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.staged.buf);
+        let r = self.write_out(self.staged.off, &buf);
+        self.staged.off += buf.len() as u64;
+        self.staged.buf = buf;
+        self.staged.buf.clear();
+        r
+    }
+
+    fn write_out(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.staged.wrote = true;
+        self.shared
+            .backend
+            .write(&self.map, off, bytes)
+            .map_err(|e| {
+                self.w.poisoned = true;
+                self.shared
+                    .io(format!("write {} log bytes at {off}", bytes.len()), e)
+            })
     }
 
     /// The value of `key` as this transaction sees it: its own writes over
@@ -394,8 +508,17 @@ impl<'s> WriteTxn<'s> {
         let hash = hash_key(self.shared.seed, key);
         match self.pending_of(hash, key) {
             Some(p) => {
-                let rec = self.shared.header(&self.map, p.off, "own record")?;
-                Ok((rec.kind == KIND_PUT).then(|| rec.value(&self.map)))
+                let rec = self.own_header(p.off)?;
+                if rec.kind != KIND_PUT {
+                    return Ok(None);
+                }
+                let value = self
+                    .staged
+                    .bytes(&self.map, rec.val_off(), rec.val_len as u64);
+                Ok(Some(value.ok_or_else(|| {
+                    self.shared
+                        .corrupted(rec.off, "own record lies past the map")
+                })?))
             }
             None => self.shared.lookup(&self.map, &self.base, key),
         }
@@ -424,7 +547,7 @@ impl<'s> WriteTxn<'s> {
         let pending = self.pending_of(hash, key);
         let committed = self.committed_version(pending, key)?;
         let exists = match pending {
-            Some(p) => self.shared.header(&self.map, p.off, "own record")?.kind == KIND_PUT,
+            Some(p) => self.own_header(p.off)?.kind == KIND_PUT,
             None => committed.is_some_and(|(_, live)| live),
         };
         if !exists {
@@ -444,7 +567,7 @@ impl<'s> WriteTxn<'s> {
         key: &[u8],
     ) -> Result<Option<(u64, bool)>> {
         let off = match pending {
-            Some(p) => self.shared.header(&self.map, p.off, "own record")?.prev,
+            Some(p) => self.own_header(p.off)?.prev,
             None => match self.shared.head(&self.map, &*self.map, &self.base, key)? {
                 Some(head) => return Ok(Some((head.off, head.kind == KIND_PUT))),
                 None => 0,
@@ -473,12 +596,13 @@ impl<'s> WriteTxn<'s> {
         let size = record_size(key.len(), value.len());
         let pos = self.reserve(size)?;
         let h = log::make_header_flags(kind, flags, self.seq(), prev, key, value);
-        log::write_record(&self.map, pos, &h, key, value);
+        self.write_record(pos, &h, key, value)?;
         self.wrote(pos, size, h.crc.get());
         let map = &*self.map;
+        let staged = &self.staged;
         let entry = self
             .pending
-            .entry(hash, |p| record_key_is(map, p.off, key), |p| p.hash);
+            .entry(hash, |p| staged.key_is(map, p.off, key), |p| p.hash);
         let fresh = kind == KIND_PUT && prev == 0 && flags & FLAG_MOVED == 0;
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
@@ -562,7 +686,7 @@ impl<'s> WriteTxn<'s> {
         };
         let h = log::make_header(KIND_NEXT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
         let at = self.cur.pos;
-        log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+        self.write_record(at, &h, &[], bytemuck::bytes_of(&body))?;
         self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
         self.cur = Cursor {
             pos: off,
@@ -607,7 +731,7 @@ impl<'s> WriteTxn<'s> {
         };
         let h = log::make_header(KIND_INDEX, self.seq(), 0, &[], bytemuck::bytes_of(&body));
         let at = self.reserve(NEXT_RECORD_SIZE)?;
-        log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+        self.write_record(at, &h, &[], bytemuck::bytes_of(&body))?;
         self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
         self.index_move = Some((mv, off));
         Ok(())
@@ -739,7 +863,7 @@ impl<'s> WriteTxn<'s> {
                 };
                 let h = log::make_header(KIND_RETIRE, seq, 0, &[], bytemuck::bytes_of(&body));
                 let at = self.reserve(NEXT_RECORD_SIZE)?;
-                log::write_record(&self.map, at, &h, &[], bytemuck::bytes_of(&body));
+                self.write_record(at, &h, &[], bytemuck::bytes_of(&body))?;
                 self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
                 self.retired.push((e.off, e.len));
                 return Ok(step);
@@ -825,10 +949,9 @@ impl<'s> WriteTxn<'s> {
         // the disk (docs/DESIGN.md, "Why replay finds the same slots").
         let mut order: Vec<Pending> = self.pending.iter().copied().collect();
         order.sort_unstable_by_key(|p| p.order);
-        let map = self.map.clone();
         let finals: Vec<(u64, log::Record)> = order
             .iter()
-            .map(|p| Ok((p.hash, self.shared.header(&map, p.off, "own record")?)))
+            .map(|p| Ok((p.hash, self.own_header(p.off)?)))
             .collect::<Result<_>>()?;
         // 0. After a clean close the meta page says the index on disk is
         //    the checkpoint's; say otherwise before any slot changes.
@@ -849,8 +972,9 @@ impl<'s> WriteTxn<'s> {
             _pad: Le32::new(0),
         };
         let h = log::make_header(KIND_COMMIT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
-        log::write_record(&self.map, pos, &h, &[], bytemuck::bytes_of(&body));
+        self.write_record(pos, &h, &[], bytemuck::bytes_of(&body))?;
         self.wrote(pos, COMMIT_RECORD_SIZE, h.crc.get());
+        self.write_staged()?;
         let mut st = self.base;
         st.seq = self.seq();
         st.tail = self.cur.pos;
@@ -866,7 +990,10 @@ impl<'s> WriteTxn<'s> {
             {
                 // Keep this process (and the next writer) from adopting a
                 // commit whose durability is unknown.
-                self.map.write(pos, &[0u8; HEADER_SIZE]);
+                let _ = self
+                    .shared
+                    .backend
+                    .write(&self.map, pos, &[0u8; HEADER_SIZE]);
                 return Err(e);
             }
         } else {
@@ -940,10 +1067,12 @@ impl Drop for WriteTxn<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.undo_space();
-            if self.n_records > 0 {
+            if self.staged.wrote {
                 // Make the first record unreadable, so no one scanning the
-                // tail reads through the discarded run.
-                self.map.write(self.txn_start, &[0u8; HEADER_SIZE]);
+                // tail reads through the discarded run. (A run never
+                // written out left the file as it was.)
+                let zeros = [0u8; HEADER_SIZE];
+                let _ = self.shared.backend.write(&self.map, self.txn_start, &zeros);
             }
             self.finish();
         }

@@ -167,3 +167,52 @@ fn store_is_send_and_sync_and_a_busy_writer_is_an_error_on_request() {
     drop(tx);
     assert!(s.try_write().is_ok());
 }
+
+#[test]
+fn a_transaction_reads_its_own_writes_whether_staged_or_written_out() {
+    // A transaction keeps its newest records in memory and writes them to
+    // the file in runs of up to 1 MiB (a larger record on its own).
+    // Written out or not, it reads its own writes; an abort leaves
+    // nothing; a commit keeps exactly the newest versions.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("staged.kv");
+    let s = Store::open(&path).unwrap();
+    s.put(b"k0", b"committed").unwrap();
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let key = |i: u32| format!("k{i}").into_bytes();
+    for commit in [false, true] {
+        let mut tx = s.begin_write().unwrap();
+        for i in 0..20_000u32 {
+            tx.put(&key(i), &[i as u8; 100]).unwrap();
+        }
+        // ~2.6 MB: the first records were written out, the last are not.
+        assert_eq!(tx.get(b"k0").unwrap(), Some(&[0u8; 100][..]));
+        assert_eq!(tx.get(b"k19999").unwrap(), Some(&[19999u32 as u8; 100][..]));
+        tx.put(b"k0", b"again").unwrap();
+        assert!(tx.delete(b"k19998").unwrap());
+        assert!(!tx.delete(b"k19998").unwrap());
+        tx.put(b"big", &big).unwrap();
+        tx.put(b"after", b"x").unwrap();
+        assert_eq!(tx.get(b"big").unwrap(), Some(&big[..]));
+        assert_eq!(tx.get(b"after").unwrap(), Some(&b"x"[..]));
+        assert_eq!(tx.get(b"k0").unwrap(), Some(&b"again"[..]));
+        assert_eq!(tx.get(b"k19998").unwrap(), None);
+        if commit {
+            tx.commit().unwrap();
+        } else {
+            tx.abort();
+            assert_eq!(s.get(b"k0").unwrap(), Some(b"committed".to_vec()));
+            assert_eq!(s.get(b"k5").unwrap(), None);
+            assert_eq!(s.stats().unwrap().keys, 1);
+        }
+    }
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get(b"k0").unwrap(), Some(b"again".to_vec()));
+    assert_eq!(s.get(b"k19998").unwrap(), None);
+    assert_eq!(s.get(b"k19997").unwrap(), Some(vec![19997u32 as u8; 100]));
+    assert_eq!(s.get(b"big").unwrap(), Some(big));
+    assert_eq!(s.get(b"after").unwrap(), Some(b"x".to_vec()));
+    assert_eq!(s.stats().unwrap().keys, 20_001);
+    assert!(s.verify().unwrap().is_ok());
+}

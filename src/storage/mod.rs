@@ -84,6 +84,10 @@ pub(crate) enum LockMode {
 /// - `map`: a mapping of the first `len` bytes (`len` ≤ `file_len`).
 /// - `grow`: make `[file_len, new_len)` real (allocated, zero) and the new
 ///   length durable, or fail leaving the length as it was.
+/// - `write`: put bytes into the file at `off` (inside it) so that `map`
+///   reads them — for the file, `pwrite` into the page cache the map
+///   shares, which leaves the pages mapped read-only (docs/DESIGN.md,
+///   "Writing the log").
 /// - `flush`: make `[off, off + len)` of `map` durable (`msync(MS_SYNC)`).
 /// - `lock`: take, convert or release an advisory lock held by this handle;
 ///   `false` when `wait` is false and another handle holds a conflicting one.
@@ -102,12 +106,12 @@ pub(crate) trait Backend: Send + Sync {
     /// read as zeros with no I/O). The new length becomes durable with the
     /// next flush that covers any of the new space.
     fn grow(&self, new_len: u64) -> io::Result<()>;
-    /// Readies `[off, off + len)` of fresh log space (just grown, mapped,
-    /// seen by nobody else): writes zeros there through `map` and starts
+    /// Readies `[off, off + len)` of fresh space (grown, past everything
+    /// allocated, seen by nobody else): writes zeros there and starts
     /// writing them out, so that a later commit's flush does not pay the
-    /// file system's conversion of unwritten blocks (docs/DESIGN.md,
-    /// "Growth"). May do less than `len`; nothing depends on it for
-    /// correctness.
+    /// file system's conversion of unwritten blocks nor its writes the
+    /// page faults (docs/DESIGN.md, "Growth"). May do less than `len`;
+    /// nothing depends on it for correctness.
     fn prepare(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     /// Makes `[off, off + len)` (inside the file) read as zeros, cheaply
     /// where the file system can; durable with the next flush of the map.
@@ -116,6 +120,7 @@ pub(crate) trait Backend: Send + Sync {
     /// Only called by a handle that holds the store alone, after a
     /// checkpoint that names nothing past `new_len`.
     fn shrink(&self, new_len: u64) -> io::Result<()>;
+    fn write(&self, map: &Mapping, off: u64, data: &[u8]) -> io::Result<()>;
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool>;
     fn held_by_others(&self, id: LockId) -> io::Result<bool>;
