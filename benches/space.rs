@@ -21,6 +21,7 @@
 //!   in another, against the same number of gets with no compaction.
 
 use std::hint::black_box;
+use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -183,13 +184,35 @@ fn bulk(dir: &std::path::Path) {
     }
 }
 
+/// Random gets in snapshots of 1,000 until `stop` is set or `limit` gets
+/// are done: (gets, time).
+fn read_for(store: &Store, n: u64, stop: &AtomicBool, limit: Option<u64>) -> (u64, Duration) {
+    let mut rng = Rng(9);
+    let t0 = Instant::now();
+    let mut done = 0u64;
+    while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| done < l) {
+        let snap = store.begin_read().unwrap();
+        for _ in 0..1_000 {
+            black_box(snap.get(&key(rng.below(n))).unwrap());
+        }
+        done += 1_000;
+    }
+    (done, t0.elapsed())
+}
+
+/// Reads every page of the store once.
+fn warm(store: &Store, n: u64) {
+    let snap = store.begin_read().unwrap();
+    for k in (0..n).step_by(31) {
+        black_box(snap.get(&key(k)).unwrap());
+    }
+}
+
 fn reads(dir: &std::path::Path) {
     let n = scaled(1_000_000);
-    let store = Options::new()
-        .auto_compact(false)
-        .open(dir.join("reads.kv"))
-        .unwrap();
-    for round in 0..4u8 {
+    let path = dir.join("reads.kv");
+    let store = Options::new().auto_compact(false).open(&path).unwrap();
+    let fill = |round: u8| {
         let mut i = 0;
         while i < n {
             let mut tx = store.begin_write().unwrap();
@@ -199,33 +222,18 @@ fn reads(dir: &std::path::Path) {
             tx.commit().unwrap();
             i += 10_000;
         }
-    }
-    let read_for = |stop: &AtomicBool, limit: Option<u64>| -> (u64, Duration) {
-        let mut rng = Rng(9);
-        let t0 = Instant::now();
-        let mut done = 0u64;
-        while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| done < l) {
-            let snap = store.begin_read().unwrap();
-            for _ in 0..1_000 {
-                black_box(snap.get(&key(rng.below(n))).unwrap());
-            }
-            done += 1_000;
-        }
-        (done, t0.elapsed())
     };
-    // Warm: every page once.
-    let snap = store.begin_read().unwrap();
-    for k in (0..n).step_by(31) {
-        black_box(snap.get(&key(k)).unwrap());
+    for round in 0..4u8 {
+        fill(round);
     }
-    drop(snap);
+    warm(&store, n);
     let never = AtomicBool::new(false);
     let base_gets = scaled(3_000_000);
-    let (g0, t0) = read_for(&never, Some(base_gets));
+    let (g0, t0) = read_for(&store, n, &never, Some(base_gets));
     let quiet = g0 as f64 / t0.as_secs_f64();
     let stop = AtomicBool::new(false);
     let (report, (g1, t1)) = std::thread::scope(|s| {
-        let reader = s.spawn(|| read_for(&stop, None));
+        let reader = s.spawn(|| read_for(&store, n, &stop, None));
         let report = store.compact().unwrap();
         stop.store(true, Ordering::Relaxed);
         (report, reader.join().unwrap())
@@ -237,12 +245,70 @@ fn reads(dir: &std::path::Path) {
         report.duration
     );
     println!(
-        "  random gets: {quiet:.0}/s alone, {busy:.0}/s during compaction: {:.0}%",
+        "  random gets, reader thread in the compacting process: {quiet:.0}/s alone, {busy:.0}/s during compaction: {:.0}%",
+        100.0 * busy / quiet
+    );
+    // The same with the reader in a process of its own.
+    for round in 4..7u8 {
+        fill(round);
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--reader-child")
+        .arg(&path)
+        .arg(n.to_string())
+        .arg(base_gets.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    from_child.read_line(&mut line).unwrap();
+    let quiet: f64 = line.trim().parse().unwrap();
+    writeln!(to_child, "go").unwrap();
+    let report = store.compact().unwrap();
+    writeln!(to_child, "stop").unwrap();
+    line.clear();
+    from_child.read_line(&mut line).unwrap();
+    let busy: f64 = line.trim().parse().unwrap();
+    child.wait().unwrap();
+    println!(
+        "  random gets, reader in another process: {quiet:.0}/s alone, {busy:.0}/s during compaction ({} MB copied): {:.0}%",
+        report.bytes_moved >> 20,
         100.0 * busy / quiet
     );
 }
 
+/// The reader process of `reads`: prints its gets/s alone, then reads from
+/// "go" to "stop" on stdin and prints its gets/s over that time.
+fn reader_child(args: &[String]) {
+    let path = &args[0];
+    let n: u64 = args[1].parse().unwrap();
+    let base_gets: u64 = args[2].parse().unwrap();
+    let store = Store::open(path).unwrap();
+    warm(&store, n);
+    let never = AtomicBool::new(false);
+    let (g0, t0) = read_for(&store, n, &never, Some(base_gets));
+    println!("{}", g0 as f64 / t0.as_secs_f64());
+    let mut lines = std::io::stdin().lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "go");
+    let stop = AtomicBool::new(false);
+    let (g1, t1) = std::thread::scope(|s| {
+        let reader = s.spawn(|| read_for(&store, n, &stop, None));
+        let _ = lines.next();
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    println!("{}", g1 as f64 / t1.as_secs_f64());
+}
+
 fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--reader-child") {
+        reader_child(&raw[1..]);
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
