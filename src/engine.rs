@@ -22,7 +22,7 @@ use crate::log::{self, Cursor, ExtentRules, IndexMove, Record, ScannedCommit};
 use crate::options::{Durability, Options};
 use crate::readers::{self, RegisterError, Registry, Slot};
 use crate::space::{Space, Use};
-use crate::storage::{Backend, LockId, LockMode, Mapping};
+use crate::storage::{Backend, LockId, LockMode, Mapping, Prepare};
 use bytemuck::Zeroable;
 
 /// Take a checkpoint (flush the index, write a meta page) at the start of a
@@ -920,7 +920,9 @@ impl Shared {
             self.grow_file(map, st, tail, want)?;
             if use_.is_some() {
                 // Where the log goes next: convert it now, in the background.
-                let _ = self.backend.prepare(map, old_len, st.file_len - old_len);
+                let _ = self
+                    .backend
+                    .prepare(map, old_len, st.file_len - old_len, Prepare::Log);
             }
         }
         let zeros = tail.zeros_from.clamp(off, end);
@@ -1003,12 +1005,12 @@ impl Shared {
         }
         let extent = extent_size(st, 0);
         let log = (table > 0 || extent > LOG_EXTENT) && space.lowest_free(extent).is_none();
-        let want = table + if log { extent } else { 0 };
-        if want == 0 {
+        let log_part = if log { extent } else { 0 };
+        if table + log_part == 0 {
             return;
         }
         let base = align_page(st.alloc_end).max(tail.zeros_from.min(st.file_len));
-        let want = base.saturating_add(want);
+        let want = base.saturating_add(table + log_part);
         let start = tail.prepared_to.max(base);
         if start >= want || want > MAX_FILE_LEN {
             return;
@@ -1018,9 +1020,16 @@ impl Shared {
         if end > st.file_len && self.grow_file(map, st, tail, end).is_err() {
             return;
         }
-        if self.backend.prepare(map, start, end - start).is_ok() {
-            tail.prepared_to = end;
+        // The log's next extent as the log writes (`pwrite`), the table's
+        // space through the map (`Prepare`).
+        let mid = base.saturating_add(log_part).clamp(start, end);
+        let parts = [(start, mid, Prepare::Log), (mid, end, Prepare::Table)];
+        for (from, to, use_) in parts {
+            if to > from && self.backend.prepare(map, from, to - from, use_).is_err() {
+                return;
+            }
         }
+        tail.prepared_to = end;
     }
 
     /// Whether the index must start moving to a new table for `extra` new
@@ -2100,7 +2109,7 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
     flush(0, len)?;
     // The first log extent, like every later one ("Growth"): its first
     // commits must not pay the conversion of unwritten blocks.
-    let _ = backend.prepare(&map, DATA_START, LOG_EXTENT);
+    let _ = backend.prepare(&map, DATA_START, LOG_EXTENT, Prepare::Log);
     Ok(len)
 }
 

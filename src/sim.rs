@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::storage::{Backend, LockId, LockMode, Mapping, Owner};
+use crate::storage::{Backend, LockId, LockMode, Mapping, Owner, Prepare};
 
 /// Sector size of the simulated disk: the unit a power cut can tear.
 pub const SECTOR: u64 = 512;
@@ -337,7 +337,7 @@ impl Backend for SimHandle {
         Ok(())
     }
 
-    fn prepare(&self, _map: &Mapping, _off: u64, _len: u64) -> io::Result<()> {
+    fn prepare(&self, _map: &Mapping, _off: u64, _len: u64, _use: Prepare) -> io::Result<()> {
         // Grown space already reads as zeros here, and there is no
         // unwritten-extent cost to move.
         Ok(())

@@ -498,7 +498,9 @@ impl<'s> WriteTxn<'s> {
                 self.w.poisoned = true;
                 self.shared
                     .io(format!("write {} log bytes at {off}", bytes.len()), e)
-            })
+            })?;
+        self.map.populate(off, bytes.len() as u64);
+        Ok(())
     }
 
     /// The value of `key` as this transaction sees it: its own writes over

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, LockId, LockMode, Mapping, Owner};
+use super::{Backend, LockId, LockMode, Mapping, Owner, Prepare};
 use crate::faults::Faults;
 use crate::sys::{self, LockKind};
 
@@ -161,23 +161,27 @@ impl Backend for FileBackend {
         self.file.set_len(new_len)
     }
 
-    fn prepare(&self, _map: &Mapping, off: u64, len: u64) -> io::Result<()> {
-        // Write the zeros (into the page cache, not through the map: see
-        // `write`) a page at a time, so each lands in a small folio — the
-        // space may become an index table, whose slots are dirtied through
-        // the map one at a time — and start their writeback without
-        // waiting. The unwritten extents are converted when that I/O
+    fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()> {
+        // Write the zeros — for the log with `pwrite` (see `write`), a page
+        // at a time, so each lands in a small folio (the space may yet
+        // become an index table, whose slots are dirtied through the map
+        // one at a time); for a table through the map — and start their
+        // writeback without waiting. The unwritten extents are converted when that I/O
         // completes, in the background, instead of in a later commit's
         // msync; the pages stay cached. (Zeros written in large writes
         // would land in large folios, and dropping those made every page
         // fault back from disk: a third of a bulk load's time.)
         let len = len.min(ZERO_FILL_MAX);
-        let page = [0u8; 4096];
-        let mut p = off;
-        while p < off + len {
-            let n = (off + len - p).min(page.len() as u64) as usize;
-            self.file.write_all_at(&page[..n], p)?;
-            p += n as u64;
+        if use_ == Prepare::Table {
+            crate::storage::write_zeros(map, off, len);
+        } else {
+            let page = [0u8; 4096];
+            let mut p = off;
+            while p < off + len {
+                let n = (off + len - p).min(page.len() as u64) as usize;
+                self.file.write_all_at(&page[..n], p)?;
+                p += n as u64;
+            }
         }
         sys::start_writeback(&self.file, off, len)
     }
