@@ -134,8 +134,8 @@ impl Tail {
 
 /// A fuzzy checkpoint in progress: the state (and extent table) it will
 /// name, and how far the sweep that flushes the file after it has got.
-/// Once every byte of the file was flushed after `st` was current, all that
-/// `st` refers to is durable — slots only ever move forward, so pages
+/// Once every byte of the file up to `st`'s allocation end was flushed
+/// after `st` was current, all that `st` refers to is durable — slots only ever move forward, so pages
 /// flushed later hold slots at least as new — and a meta page naming `st`
 /// may be written; replay from `st` re-applies the later commits, which is
 /// idempotent (docs/DESIGN.md, "Checkpoints").
@@ -1660,10 +1660,13 @@ impl Shared {
         } else {
             8 * CHECKPOINT_SLICE
         };
-        let off = f.next.min(map.len());
-        let next = (off + slice).min(map.len());
+        // Everything `f.st` names lies below its allocation end; past it,
+        // prepared space may wait dirty for its table (`prepare_ahead`).
+        let end = f.st.alloc_end.min(map.len());
+        let off = f.next.min(end);
+        let next = (off + slice).min(end);
         f.next = next;
-        let done = next >= map.len();
+        let done = next >= end;
         self.flush(w, map, off, next - off)?;
         if !done {
             return Ok(false);

@@ -162,26 +162,31 @@ impl Backend for FileBackend {
     }
 
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()> {
-        // Write the zeros — for the log with `pwrite` (see `write`), a page
-        // at a time, so each lands in a small folio (the space may yet
-        // become an index table, whose slots are dirtied through the map
-        // one at a time); for a table through the map — and start their
-        // writeback without waiting. The unwritten extents are converted when that I/O
-        // completes, in the background, instead of in a later commit's
-        // msync; the pages stay cached. (Zeros written in large writes
-        // would land in large folios, and dropping those made every page
-        // fault back from disk: a third of a bulk load's time.)
         let len = len.min(ZERO_FILL_MAX);
         if use_ == Prepare::Table {
+            // Through the map, and left dirty: the move that comes then
+            // stores slots there with no fault at all (a write-protect
+            // fault after writeback cost ~9 µs a page). The kernel's
+            // writeback, or the first checkpoint after the move, converts
+            // the extents in large runs.
             crate::storage::write_zeros(map, off, len);
-        } else {
-            let page = [0u8; 4096];
-            let mut p = off;
-            while p < off + len {
-                let n = (off + len - p).min(page.len() as u64) as usize;
-                self.file.write_all_at(&page[..n], p)?;
-                p += n as u64;
-            }
+            return Ok(());
+        }
+        // The log's: with `pwrite` (see `write`), a page at a time, so each
+        // lands in a small folio (the space may yet become an index table,
+        // whose slots are dirtied through the map one at a time), then
+        // their writeback started without waiting. The unwritten extents
+        // are converted when that I/O completes, in the background, instead
+        // of in a later commit's msync; the pages stay cached. (Zeros
+        // written in large writes would land in large folios, and dropping
+        // those made every page fault back from disk: a third of a bulk
+        // load's time.)
+        let page = [0u8; 4096];
+        let mut p = off;
+        while p < off + len {
+            let n = (off + len - p).min(page.len() as u64) as usize;
+            self.file.write_all_at(&page[..n], p)?;
+            p += n as u64;
         }
         sys::start_writeback(&self.file, off, len)
     }
