@@ -1,6 +1,6 @@
 //! Fault injection for the real (file) backend: make the next `fallocate`,
-//! `ftruncate` or `msync` fail, to test what a store does when the system
-//! says no. Errors are injected where the backend calls the system, so
+//! `ftruncate`, log `pwrite` or `msync` fail, to test what a store does when
+//! the system says no. Errors are injected where the backend calls the system, so
 //! everything above it — the engine, the commit protocol — runs as it
 //! would on a real failure.
 //!
@@ -29,6 +29,7 @@ pub struct Faults(Arc<Plan>);
 struct Plan {
     fallocate: AtomicU32,
     ftruncate: AtomicU32,
+    write: AtomicU32,
     msync: AtomicU32,
 }
 
@@ -54,6 +55,12 @@ impl Faults {
         self.0.ftruncate.store(n, Ordering::SeqCst);
     }
 
+    /// The next `n` writes of log bytes (`pwrite`) fail with `EIO` (and
+    /// write nothing).
+    pub fn fail_write(&self, n: u32) {
+        self.0.write.store(n, Ordering::SeqCst);
+    }
+
     /// The next `n` calls to `msync` fail with `EIO` (and flush nothing).
     pub fn fail_msync(&self, n: u32) {
         self.0.msync.store(n, Ordering::SeqCst);
@@ -65,6 +72,10 @@ impl Faults {
 
     pub(crate) fn ftruncate(&self) -> io::Result<()> {
         fail_if(&self.0.ftruncate, libc::EIO)
+    }
+
+    pub(crate) fn write(&self) -> io::Result<()> {
+        fail_if(&self.0.write, libc::EIO)
     }
 
     pub(crate) fn msync(&self) -> io::Result<()> {

@@ -8,7 +8,7 @@ use crate::changes::Changes;
 use crate::engine::{
     check_key, check_value, extent_size, Shared, SnapshotRecords, Writer, PREFETCH_AHEAD,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::Records;
 use crate::live::State;
@@ -934,6 +934,13 @@ impl<'s> WriteTxn<'s> {
     pub fn commit(mut self) -> Result<u64> {
         if self.n_records > 0 && self.shared.auto_compact && !self.no_auto {
             self.auto_compact()?;
+        }
+        if self.w.poisoned {
+            // A write of this transaction failed: its bytes in the file
+            // are unknown, so it must not commit.
+            return Err(Error::Poisoned {
+                path: self.shared.path.clone(),
+            });
         }
         if self.n_records == 0 {
             self.undo_space();

@@ -1,8 +1,8 @@
-//! Fault injection on the real backend: `fallocate` (ENOSPC), `ftruncate`
-//! and `msync` (EIO) fail where the backend calls the system. The commit
-//! fails with an error naming the operation, the store stays at its last
-//! commit, and after a failed `msync` the handle refuses writes until the
-//! store is reopened.
+//! Fault injection on the real backend: `fallocate` (ENOSPC), `ftruncate`,
+//! the log's `pwrite` and `msync` (EIO) fail where the backend calls the
+//! system. The commit fails with an error naming the operation, the store
+//! stays at its last commit, and after a failed `pwrite` or `msync` the
+//! handle refuses writes until the store is reopened.
 
 use mapkv::faults::Faults;
 use mapkv::{Error, Options, Store};
@@ -85,6 +85,44 @@ fn a_failed_msync_fails_the_commit_and_poisons_the_handle_until_reopened() {
     assert_eq!(store.get(b"k").unwrap(), Some(b"old".to_vec()));
     store.put(b"k", b"newer").unwrap();
     assert_eq!(store.get(b"k").unwrap(), Some(b"newer".to_vec()));
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_failed_log_write_fails_the_transaction_and_poisons_the_handle() {
+    // The second run of a large transaction fails to reach the file: the
+    // put says so, the transaction cannot commit even if later writes
+    // work, and the handle refuses writes until reopened.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let store = open(&dir, &faults);
+    store.put(b"k", b"old").unwrap();
+    let mut tx = store.begin_write().unwrap();
+    let mut failed = None;
+    for i in 0..20_000u32 {
+        if i == 100 {
+            faults.fail_write(1);
+        }
+        if let Err(e) = tx.put(&i.to_be_bytes(), &[1; 100]) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.expect("no put failed: the runs never reached the file");
+    assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
+    assert!(err.to_string().contains("write"), "{err}");
+    tx.put(b"k", b"new").unwrap();
+    assert!(matches!(tx.commit(), Err(Error::Poisoned { .. })));
+    assert_eq!(store.get(b"k").unwrap(), Some(b"old".to_vec()));
+    assert!(matches!(
+        store.put(b"k", b"again"),
+        Err(Error::Poisoned { .. })
+    ));
+    drop(store);
+    let store = open(&dir, &faults);
+    assert_eq!(store.get(b"k").unwrap(), Some(b"old".to_vec()));
+    assert_eq!(store.get(&5u32.to_be_bytes()).unwrap(), None);
+    store.put(b"k", b"newer").unwrap();
     assert!(store.verify().unwrap().is_ok());
 }
 
