@@ -54,8 +54,21 @@ pub(crate) const PREFETCH_AHEAD: usize = 8;
 const MIGRATE_MIN: u64 = 256;
 const MIGRATE_PER_KEY: u64 = 4;
 /// ... and at least this fraction of the old table, so that a move ends
-/// within this many commits however small they are.
+/// within this many commits however small they are...
 const MIGRATE_COMMITS: u64 = 2048;
+/// ... but no more than half the slots moved so far, and at least this,
+/// if that pace is at most `1 / MIGRATE_RAMP_SHARE` of the old table. The
+/// first commits of a move read records from all over the log, which no
+/// one may have read since they were written, and a first read of a cold
+/// page is slow (up to ~0.1 ms here: on these VMs the host unmaps idle
+/// guest memory). A 10M-key bulk load's first move commit read ~3,000
+/// records over 860 MiB of log and took 8-22 ms, 6-16x the median commit;
+/// ramping up spreads those first reads over a dozen commits. The ramp
+/// (under 20 commits) then costs the move under a sixth of the table's
+/// slots of progress, which the pace of 4 per key makes up long before
+/// the new table could fill; commits too large for that do not ramp.
+const MIGRATE_RAMP_MIN: u64 = 32;
+const MIGRATE_RAMP_SHARE: u64 = 128;
 /// `prepare_ahead` prepares tables at least this large (the pages of a
 /// smaller one are few enough to fault in during its move)...
 const PREPARE_TABLE_MIN: u64 = 8 << 20;
@@ -1211,9 +1224,14 @@ impl Shared {
             self.start_move(map, st, space, mv, off, seq)?;
         }
         let old_cap = st.old_table().map_or(0, |o| o.cap());
-        let budget = MIGRATE_MIN
+        let pace = MIGRATE_MIN
             .max(MIGRATE_PER_KEY * finals.len() as u64)
             .max(old_cap / MIGRATE_COMMITS);
+        let budget = if pace <= old_cap / MIGRATE_RAMP_SHARE {
+            pace.min(MIGRATE_RAMP_MIN.max(st.migrate_next / 2))
+        } else {
+            pace
+        };
         self.migrate(map, st, space, budget, seq)?;
         let table = st.table();
         for (i, &(hash, rec)) in finals.iter().enumerate() {

@@ -11,8 +11,9 @@ use bytemuck::{Pod, Zeroable};
 /// PNG-style magic: a high byte (catches 7-bit transfers), the name, CR LF
 /// (catches line-ending conversion), SUB (stops `type` on DOS) and LF.
 pub const MAGIC: [u8; 8] = *b"\x89MKV\r\n\x1a\n";
-/// The format this code reads and writes. Bumped on any layout change.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format this code reads and writes. Bumped on any change to the layout
+/// or to what replay does with it (docs/FORMAT.md, "Versioning").
+pub const FORMAT_VERSION: u32 = 3;
 /// Unit of alignment for meta pages, extents and index tables.
 pub const PAGE_SIZE: u64 = 4096;
 /// Hash function id stored in the meta page: xxh3-64 with the store's seed.
