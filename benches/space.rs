@@ -15,7 +15,11 @@
 //!   p50/p99/max commit latency and max/p50 (no commit pays for a whole
 //!   index rebuild: the index moves to each larger table over commits).
 //!   `MAPKV_BENCH_SLOW_MS=6` also prints every commit that took 6 ms or
-//!   more, with what it did (file growth, index move, log size).
+//!   more, with what it did (file growth, index move, log size). Then the
+//!   same for a floor: batches of random memory writes the size of the
+//!   median commit, for as long as the load took, which show the stalls
+//!   the machine itself adds (a shared VM's host stops a vCPU for tens of
+//!   milliseconds now and then).
 //! - `reads`: 1,000,000 keys overwritten three times (automatic compaction
 //!   off), then random gets in one thread for as long as `compact()` takes
 //!   in another, against the same number of gets with no compaction.
@@ -182,6 +186,44 @@ fn bulk(dir: &std::path::Path) {
     for (took, at, what) in &slowest {
         println!("  slow: {took:?} at key {at}: {what}");
     }
+    floor(secs, p50);
+}
+
+/// The machine's own stalls, measured right after the bulk load for as
+/// long as it ran: batches of random read-modify-writes over 256 MiB of
+/// memory (no I/O, no allocation, nothing of mapkv), each sized to take
+/// about the median commit. On a shared VM the host stops a vCPU now and
+/// then; what such a loop sees as its max / p50 bounds what any commit's
+/// max / p50 can show here.
+fn floor(secs: f64, commit_p50: Duration) {
+    let words = (256usize << 20) / 8;
+    let mut mem = vec![1u64; words];
+    let mut rng = Rng(7);
+    let mut batch = |ops: u64| {
+        for _ in 0..ops {
+            let i = rng.below(words as u64) as usize;
+            mem[i] = black_box(mem[i]).wrapping_add(1);
+        }
+    };
+    batch(100_000);
+    let t = Instant::now();
+    batch(100_000);
+    let per_op = t.elapsed().as_secs_f64() / 100_000.0;
+    let ops = ((commit_p50.as_secs_f64() / per_op) as u64).max(1);
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        batch(ops);
+        lat.push(t.elapsed());
+    }
+    lat.sort_unstable();
+    let (p50, p99, max) = (pct(&lat, 0.5), pct(&lat, 0.99), *lat.last().unwrap());
+    println!(
+        "  floor, {} batches of {ops} random writes over 256 MiB in {secs:.0} s: p50 {p50:?}, p99 {p99:?}, max {max:?}: max / p50 = {:.1}",
+        lat.len(),
+        max.as_secs_f64() / p50.as_secs_f64()
+    );
 }
 
 /// Random gets in snapshots of 1,000 until `stop` is set or `limit` gets
