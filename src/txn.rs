@@ -930,17 +930,20 @@ impl<'s> WriteTxn<'s> {
     /// flush fails. After a failed flush the commit did not happen in this
     /// process's view, but it may reach the disk anyway (the kernel may
     /// have written some pages): it is indeterminate after a crash, and this
-    /// handle refuses further writes (`Poisoned`) until reopened.
+    /// handle refuses further writes (`Poisoned`) until reopened. `Poisoned`
+    /// at once if writing this transaction's log bytes failed earlier (the
+    /// `put` or `delete` that hit it returned the `Io` error): nothing of
+    /// it is committed.
     pub fn commit(mut self) -> Result<u64> {
-        if self.n_records > 0 && self.shared.auto_compact && !self.no_auto {
-            self.auto_compact()?;
-        }
         if self.w.poisoned {
             // A write of this transaction failed: its bytes in the file
             // are unknown, so it must not commit.
             return Err(Error::Poisoned {
                 path: self.shared.path.clone(),
             });
+        }
+        if self.n_records > 0 && self.shared.auto_compact && !self.no_auto {
+            self.auto_compact()?;
         }
         if self.n_records == 0 {
             self.undo_space();
