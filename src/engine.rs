@@ -148,7 +148,8 @@ impl Tail {
 /// A fuzzy checkpoint in progress: the state (and extent table) it will
 /// name, and how far the sweep that flushes the file after it has got.
 /// Once every byte of the file up to `st`'s allocation end was flushed
-/// after `st` was current, all that `st` refers to is durable — slots only ever move forward, so pages
+/// after `st` was current, all that `st` refers to is durable (nothing it
+/// names lies past that end) — slots only ever move forward, so pages
 /// flushed later hold slots at least as new — and a meta page naming `st`
 /// may be written; replay from `st` re-applies the later commits, which is
 /// idempotent (docs/DESIGN.md, "Checkpoints").
@@ -971,8 +972,8 @@ impl Shared {
     /// Prepares, a slice per commit, the space at the end of the file
     /// that the log's next extent and the index's next table will take
     /// (when no free range can hold them): the zeros past the allocation
-    /// end are kept prepared (zeros written again, writeback started)
-    /// for
+    /// end are kept prepared (zeros written again: the log's with their
+    /// writeback started, the table's left dirty; `Prepare`) for
     /// - the log's next extent, once extents are larger than the minimum
     ///   (a file past 128 MiB: the space prepared early is then at most a
     ///   128th of the file), or while the next table is prepared (the
@@ -985,11 +986,11 @@ impl Shared {
     /// with their extents converted, instead of adding them to the page
     /// cache (~14 µs a page here, most of it zeroing a new page) and
     /// converting them a thousand at a time in the commits that first
-    /// write there (a 2 MiB preparation in one commit cost it 7-10 ms). A commit prepares at
-    /// most twice the bytes it logged (`logged`) plus twice the table's
-    /// share of the keys it added (`added`), so the cost is spread as
-    /// evenly as the writes that make it necessary. Failing only costs
-    /// speed later, so errors are ignored.
+    /// write there (a 2 MiB preparation in one commit cost it 7-10 ms). A
+    /// commit prepares at most twice the bytes it logged (`logged`) plus
+    /// twice the table's share of the keys it added (`added`), so the cost
+    /// is spread as evenly as the writes that make it necessary. Failing
+    /// only costs speed later, so errors are ignored.
     pub(crate) fn prepare_ahead(
         &self,
         map: &mut Arc<Mapping>,

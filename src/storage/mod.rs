@@ -107,12 +107,13 @@ pub(crate) trait Backend: Send + Sync {
     /// next flush that covers any of the new space.
     fn grow(&self, new_len: u64) -> io::Result<()>;
     /// Readies `[off, off + len)` of fresh space (grown, past everything
-    /// allocated, seen by nobody else): writes zeros there and starts
-    /// writing them out, so that a later commit's flush does not pay the
-    /// file system's conversion of unwritten blocks nor its writes the
-    /// page faults (docs/DESIGN.md, "Growth"). May do less than `len`;
-    /// nothing depends on it for correctness. `use_` says whether the
-    /// space is meant for the log or for an index table.
+    /// allocated, seen by nobody else): writes zeros there, so that a
+    /// later commit's writes do not pay the page faults, and for the log
+    /// starts writing them out, so that its flush does not pay the file
+    /// system's conversion of unwritten blocks (docs/DESIGN.md, "Growth",
+    /// "Preparing ahead"). May do less than `len`; nothing depends on it
+    /// for correctness. `use_` says whether the space is meant for the log
+    /// or for an index table.
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()>;
     /// Makes `[off, off + len)` (inside the file) read as zeros, cheaply
     /// where the file system can; durable with the next flush of the map.
@@ -135,9 +136,9 @@ pub(crate) enum Prepare {
     /// pages are never mapped writable (docs/DESIGN.md, "Writing the log").
     Log,
     /// An index table, whose slots are stored through the map: zeros
-    /// written through the map too, so that the pages are mapped when its
-    /// move starts and a slot store costs a write-protect fault at most,
-    /// not a full one.
+    /// written through the map too and left dirty, so that the pages are
+    /// mapped writable when its move starts and a slot store costs no
+    /// fault.
     Table,
 }
 
