@@ -1748,6 +1748,17 @@ impl Shared {
         Ok(())
     }
 
+    /// `Poisoned` if a write or flush of this handle failed: what it left
+    /// in the file is unknown until the store is reopened (and recovered).
+    pub(crate) fn refuse_poisoned(&self, w: &Writer) -> Result<()> {
+        if w.poisoned {
+            return Err(Error::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Takes the writer lock (this process's mutex, then the file lock),
     /// brings the writer's state up to date with what any process
     /// published, and finishes what a dead writer left. For a write
@@ -1772,11 +1783,7 @@ impl Shared {
                 Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
             }
         };
-        if w.poisoned {
-            return Err(Error::Poisoned {
-                path: self.path.clone(),
-            });
-        }
+        self.refuse_poisoned(&w)?;
         if !self.lock(LockId::Writer, LockMode::Exclusive, wait)? {
             return Ok(None);
         }

@@ -1,8 +1,8 @@
 //! Fault injection for the real (file) backend: make the next `fallocate`,
 //! `ftruncate`, log `pwrite` or `msync` fail, to test what a store does when
-//! the system says no. Errors are injected where the backend calls the system, so
-//! everything above it — the engine, the commit protocol — runs as it
-//! would on a real failure.
+//! the system says no. Errors are injected where the backend calls the
+//! system, so everything above it — the engine, the commit protocol — runs
+//! as it would on a real failure.
 //!
 //! ```
 //! use mapkv::{faults::Faults, Options};

@@ -8,7 +8,7 @@ use crate::changes::Changes;
 use crate::engine::{
     check_key, check_value, extent_size, Shared, SnapshotRecords, Writer, PREFETCH_AHEAD,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::*;
 use crate::index::Records;
 use crate::live::State;
@@ -935,13 +935,9 @@ impl<'s> WriteTxn<'s> {
     /// `put` or `delete` that hit it returned the `Io` error): nothing of
     /// it is committed.
     pub fn commit(mut self) -> Result<u64> {
-        if self.w.poisoned {
-            // A write of this transaction failed: its bytes in the file
-            // are unknown, so it must not commit.
-            return Err(Error::Poisoned {
-                path: self.shared.path.clone(),
-            });
-        }
+        // A write of this transaction may have failed: its bytes in the
+        // file are then unknown, so it must not commit.
+        self.shared.refuse_poisoned(&self.w)?;
         if self.n_records > 0 && self.shared.auto_compact && !self.no_auto {
             self.auto_compact()?;
         }
