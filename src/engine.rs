@@ -930,14 +930,10 @@ impl Shared {
         if end > st.file_len {
             let step = (st.file_len / 4).clamp(MIN_GROWTH, MAX_GROWTH);
             let want = end.max(st.file_len + step);
-            let old_len = st.file_len;
+            // Not prepared here: `prepare_ahead` does it a slice per
+            // commit (2 MiB prepared in the commit that grew a small file
+            // cost it 7-30 ms).
             self.grow_file(map, st, tail, want)?;
-            if use_.is_some() {
-                // Where the log goes next: convert it now, in the background.
-                let _ = self
-                    .backend
-                    .prepare(map, old_len, st.file_len - old_len, Prepare::Log);
-            }
         }
         let zeros = tail.zeros_from.clamp(off, end);
         // Whatever is written here from now on (even by a transaction that
@@ -974,10 +970,11 @@ impl Shared {
     /// (when no free range can hold them): the zeros past the allocation
     /// end are kept prepared (zeros written again: the log's with their
     /// writeback started, the table's left dirty; `Prepare`) for
-    /// - the log's next extent, once extents are larger than the minimum
-    ///   (a file past 128 MiB: the space prepared early is then at most a
-    ///   128th of the file), or while the next table is prepared (the
-    ///   commit that starts the move may need an extent before the table);
+    /// - the log's next extent: in a small file (minimum extents, under
+    ///   128 MiB) only as far as the file already reaches, unless the next
+    ///   table is prepared (the commit that starts the move may need an
+    ///   extent before the table); past that the file grows for it (the
+    ///   space prepared early is then at most a 128th of the file);
     /// - the index's next table, once it is at least `PREPARE_TABLE_MIN`
     ///   and the table is past a third of its load limit: its size times
     ///   how far the table is on its way to the limit.
@@ -1018,13 +1015,22 @@ impl Shared {
             }
         }
         let extent = extent_size(st, 0);
-        let log = (table > 0 || extent > LOG_EXTENT) && space.lowest_free(extent).is_none();
-        let log_part = if log { extent } else { 0 };
+        let log_part = if space.lowest_free(extent).is_none() {
+            extent
+        } else {
+            0
+        };
         if table + log_part == 0 {
             return;
         }
         let base = align_page(st.alloc_end).max(tail.zeros_from.min(st.file_len));
-        let want = base.saturating_add(table + log_part);
+        let mut want = base.saturating_add(table + log_part);
+        if table == 0 && extent == LOG_EXTENT {
+            // A small file is not grown for its log: it would grow ahead of
+            // a compaction that may yet make room. What it grew by is
+            // prepared.
+            want = want.min(st.file_len);
+        }
         let start = tail.prepared_to.max(base);
         if start >= want || want > MAX_FILE_LEN {
             return;
