@@ -69,9 +69,10 @@ const MIGRATE_COMMITS: u64 = 2048;
 /// the new table could fill; commits too large for that do not ramp.
 const MIGRATE_RAMP_MIN: u64 = 32;
 const MIGRATE_RAMP_SHARE: u64 = 128;
-/// `prepare_ahead` prepares tables at least this large (the pages of a
-/// smaller one are few enough to fault in during its move)...
-const PREPARE_TABLE_MIN: u64 = 8 << 20;
+/// `prepare_ahead` prepares tables at least this large (the 128 pages of
+/// a smaller one cost its move under 2 ms of first-touch faults; those of
+/// a 2-4 MiB table cost the first commit of its move 6-23 ms)...
+const PREPARE_TABLE_MIN: u64 = 1 << 20;
 /// ... twice what a commit logged, within these bounds.
 const PREPARE_AHEAD_MIN: u64 = 64 << 10;
 const PREPARE_AHEAD_MAX: u64 = 2 << 20;

@@ -210,7 +210,8 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
 fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
     // While a table fills, the commits prepare the space at the end of the
     // file where the next table will go, so the commit that starts the
-    // move into an 8 MiB table does not grow the file by the table. An
+    // move into a table (of 2 MiB, and of 8 MiB) does not grow the file by
+    // the table. An
     // aborted transaction that wrote records past the allocation end just
     // before leaves bytes where the new table lands: they must be zeroed,
     // not taken for prepared zeros.
@@ -220,6 +221,7 @@ fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
     let mut next = 0u32;
     let mut aborted = false;
     let mut started = None;
+    let mut started_small = None;
     while next < 600_000 {
         let before = store.stats().unwrap();
         // The commit after this one starts the move (at 3/4 load).
@@ -239,6 +241,9 @@ fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
         }
         tx.commit().unwrap();
         let after = store.stats().unwrap();
+        if before.index_slots == 1 << 17 && after.index_slots == 1 << 18 {
+            started_small = Some(after.file_bytes - before.file_bytes);
+        }
         if before.index_slots == 1 << 19 && after.index_slots == 1 << 20 {
             started = Some(after.file_bytes - before.file_bytes);
         }
@@ -263,6 +268,11 @@ fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
     check(&store);
     drop(store);
     check(&Store::open(&path).unwrap());
+    let grew = started_small.expect("the index never moved to 2^18 slots");
+    assert!(
+        grew < 2 << 20,
+        "the commit that started the move grew the file by {grew} bytes: its 2 MiB table was not prepared"
+    );
     let grew = started.expect("the index never moved to 2^20 slots");
     assert!(
         grew < 4 << 20,
