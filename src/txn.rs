@@ -8,7 +8,7 @@ use crate::changes::Changes;
 use crate::engine::{
     check_key, check_value, extent_size, Shared, SnapshotRecords, Writer, PREFETCH_AHEAD,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::Records;
 use crate::live::State;
@@ -284,16 +284,43 @@ impl Staged {
     }
 }
 
-/// A key written by the transaction: its newest record so far, and the
-/// position of its first record among the transaction's keys.
+/// A key written by the transaction: its newest record so far.
+/// `WriteTxn::pending` keeps them in the order of each key's first record.
 #[derive(Clone, Copy)]
 struct Pending {
     hash: u64,
     off: u64,
-    order: u64,
     /// The newest record is a put of a key no commit has (counted in
     /// `fresh_keys`: the keys this commit adds to the index).
     fresh: bool,
+}
+
+/// An entry of the transaction's table of keys: the high half of the
+/// key's hash and the key's index in `pending`. Eight bytes: with whole
+/// `Pending`s in the table, a transaction of 1M keys wrote a 32 MiB table
+/// at random, and had to sort it by first write at commit.
+#[derive(Clone, Copy)]
+struct KeyRef {
+    hash_hi: u32,
+    index: u32,
+}
+
+/// The hash the key table files a `KeyRef` under, from its high half alone
+/// (the table rehashes from what it holds).
+fn key_table_hash(hash_hi: u32) -> u64 {
+    (u64::from(hash_hi) << 32) | u64::from(hash_hi)
+}
+
+/// Whether a key table entry is `key` (whose hash's high half is `hi`):
+/// the transaction's newest record of it is `key`'s.
+fn is_key<'a>(
+    map: &'a Mapping,
+    staged: &'a Staged,
+    pending: &'a [Pending],
+    hi: u32,
+    key: &'a [u8],
+) -> impl Fn(&KeyRef) -> bool + 'a {
+    move |k| k.hash_hi == hi && staged.key_is(map, pending[k.index as usize].off, key)
 }
 
 /// How compaction picks the extent to empty.
@@ -350,10 +377,11 @@ pub struct WriteTxn<'s> {
     /// Where the next record goes.
     cur: Cursor,
     txn_start: u64,
-    pending: HashTable<Pending>,
+    /// The keys written, in the order of their first record.
+    pending: Vec<Pending>,
+    /// Finds a key in `pending`.
+    key_table: HashTable<KeyRef>,
     n_records: u64,
-    /// Distinct keys written.
-    keys: u64,
     /// Keys whose newest record here is a put of a key no commit has.
     fresh_keys: u64,
     chain: crc32fast::Hasher,
@@ -395,9 +423,9 @@ impl<'s> WriteTxn<'s> {
                 end: base.tail_end,
             },
             txn_start: base.tail,
-            pending: HashTable::new(),
+            pending: Vec::new(),
+            key_table: HashTable::new(),
             n_records: 0,
-            keys: 0,
             fresh_keys: 0,
             chain: crc32fast::Hasher::new(),
             bytes: 0,
@@ -428,11 +456,13 @@ impl<'s> WriteTxn<'s> {
         self.base.seq + 1
     }
 
+    /// The transaction's newest record of `key`, if it wrote one.
     fn pending_of(&self, hash: u64, key: &[u8]) -> Option<Pending> {
-        let map = &*self.map;
-        self.pending
-            .find(hash, |p| self.staged.key_is(map, p.off, key))
-            .copied()
+        let hi = (hash >> 32) as u32;
+        let eq = is_key(&self.map, &self.staged, &self.pending, hi, key);
+        self.key_table
+            .find(key_table_hash(hi), eq)
+            .map(|k| self.pending[k.index as usize])
     }
 
     /// The header of the transaction's own record at `off`.
@@ -530,7 +560,8 @@ impl<'s> WriteTxn<'s> {
     ///
     /// # Errors
     /// `EmptyKey`, `KeyTooLarge`, `ValueTooLarge`; `Io` (`ENOSPC`) if the
-    /// file cannot grow — the transaction is unchanged and can go on.
+    /// file cannot grow — the transaction is unchanged and can go on;
+    /// `Unsupported` past 4,294,967,294 distinct keys in one transaction.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
@@ -595,34 +626,39 @@ impl<'s> WriteTxn<'s> {
         key: &[u8],
         value: &[u8],
     ) -> Result<()> {
+        if self.pending.len() >= u32::MAX as usize {
+            return Err(Error::Unsupported {
+                what: "a transaction of more than 4,294,967,294 keys",
+            });
+        }
         let size = record_size(key.len(), value.len());
         let pos = self.reserve(size)?;
         let h = log::make_header_flags(kind, flags, self.seq(), prev, key, value);
         self.write_record(pos, &h, key, value)?;
         self.wrote(pos, size, h.crc.get());
-        let map = &*self.map;
-        let staged = &self.staged;
+        let hi = (hash >> 32) as u32;
+        let eq = is_key(&self.map, &self.staged, &self.pending, hi, key);
         let entry = self
-            .pending
-            .entry(hash, |p| staged.key_is(map, p.off, key), |p| p.hash);
+            .key_table
+            .entry(key_table_hash(hi), eq, |k| key_table_hash(k.hash_hi));
         let fresh = kind == KIND_PUT && prev == 0 && flags & FLAG_MOVED == 0;
         match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                let p = o.get_mut();
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let p = &mut self.pending[o.get().index as usize];
                 self.fresh_keys = self.fresh_keys - p.fresh as u64 + fresh as u64;
                 p.off = pos;
                 p.fresh = fresh;
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
-                let order = self.keys;
-                v.insert(Pending {
+                // Below u32::MAX: checked above.
+                let index = self.pending.len() as u32;
+                v.insert(KeyRef { hash_hi: hi, index });
+                self.pending.push(Pending {
                     hash,
                     off: pos,
-                    order,
                     fresh,
                 });
                 self.fresh_keys += fresh as u64;
-                self.keys += 1;
             }
         }
         Ok(())
@@ -955,9 +991,8 @@ impl<'s> WriteTxn<'s> {
         // replays a commit in that order, and must make the same probe
         // decisions on a table where only some of these slot writes reached
         // the disk (docs/DESIGN.md, "Why replay finds the same slots").
-        let mut order: Vec<Pending> = self.pending.iter().copied().collect();
-        order.sort_unstable_by_key(|p| p.order);
-        let finals: Vec<(u64, log::Record)> = order
+        let finals: Vec<(u64, log::Record)> = self
+            .pending
             .iter()
             .map(|p| Ok((p.hash, self.own_header(p.off)?)))
             .collect::<Result<_>>()?;
