@@ -211,10 +211,9 @@ fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
     // While a table fills, the commits prepare the space at the end of the
     // file where the next table will go, so the commit that starts the
     // move into a table (of 2 MiB, and of 8 MiB) does not grow the file by
-    // the table. An
-    // aborted transaction that wrote records past the allocation end just
-    // before leaves bytes where the new table lands: they must be zeroed,
-    // not taken for prepared zeros.
+    // the table. An aborted transaction that wrote records past the
+    // allocation end just before leaves bytes where the new table lands:
+    // they must be zeroed, not taken for prepared zeros.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.kv");
     let store = Store::open(&path).unwrap();
