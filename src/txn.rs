@@ -476,8 +476,44 @@ impl<'s> WriteTxn<'s> {
     /// A failed write poisons the handle, as a failed flush does: the
     /// transaction's bytes in the file are then unknown.
     fn write_record(&mut self, at: u64, h: &RecordHeader, key: &[u8], val: &[u8]) -> Result<()> {
+        if self.stage(at, record_size(key.len(), val.len()))? {
+            log::encode_record(&mut self.staged.buf, h, key, val);
+            return Ok(());
+        }
+        self.write_large(at, h, key, val)
+    }
+
+    /// [`write_record`](Self::write_record) of a header whose CRC is yet
+    /// to be computed (`log::unsealed_header`); returns the CRC. A staged
+    /// record's CRC is computed over its bytes in the run, in one call:
+    /// over the header, key and value apart it cost twice as much.
+    fn write_sealed(
+        &mut self,
+        at: u64,
+        mut h: RecordHeader,
+        key: &[u8],
+        val: &[u8],
+    ) -> Result<u32> {
+        if self.stage(at, record_size(key.len(), val.len()))? {
+            let start = self.staged.buf.len();
+            log::encode_record(&mut self.staged.buf, &h, key, val);
+            let rec = &mut self.staged.buf[start..];
+            let crc = crc32fast::hash(&rec[4..HEADER_SIZE + key.len() + val.len()]);
+            rec[..4].copy_from_slice(&crc.to_le_bytes());
+            return Ok(crc);
+        }
+        let crc = record_crc(&h, key, val);
+        h.crc = Le32::new(crc);
+        self.write_large(at, &h, key, val)?;
+        Ok(crc)
+    }
+
+    /// Makes the staged run end at `at`, writing it out first if it ends
+    /// elsewhere or has no room; whether a record of `size` bytes goes
+    /// into it (larger ones are written from where they are).
+    fn stage(&mut self, at: u64, size: u64) -> Result<bool> {
         let run_end = self.staged.off + self.staged.buf.len() as u64;
-        let size = record_size(key.len(), val.len()) as usize;
+        let size = size as usize;
         if !self.staged.buf.is_empty()
             && (run_end != at || self.staged.buf.len() + size > STAGE_MAX)
         {
@@ -486,11 +522,13 @@ impl<'s> WriteTxn<'s> {
         if self.staged.buf.is_empty() {
             self.staged.off = at;
         }
-        if size <= STAGE_MAX {
-            log::encode_record(&mut self.staged.buf, h, key, val);
-            return Ok(());
-        }
-        // A large value is written from where it is, not copied first.
+        Ok(size <= STAGE_MAX)
+    }
+
+    /// Writes a record too large to stage: a large value is written from
+    /// where it is, not copied first.
+    fn write_large(&mut self, at: u64, h: &RecordHeader, key: &[u8], val: &[u8]) -> Result<()> {
+        let size = record_size(key.len(), val.len()) as usize;
         let mut head = Vec::with_capacity(HEADER_SIZE + key.len());
         log::encode_record(&mut head, h, key, &[]);
         head.truncate(HEADER_SIZE + key.len());
@@ -633,9 +671,9 @@ impl<'s> WriteTxn<'s> {
         }
         let size = record_size(key.len(), value.len());
         let pos = self.reserve(size)?;
-        let h = log::make_header_flags(kind, flags, self.seq(), prev, key, value);
-        self.write_record(pos, &h, key, value)?;
-        self.wrote(pos, size, h.crc.get());
+        let h = log::unsealed_header(kind, flags, self.seq(), prev, key, value);
+        let crc = self.write_sealed(pos, h, key, value)?;
+        self.wrote(pos, size, crc);
         let hi = (hash >> 32) as u32;
         let eq = is_key(&self.map, &self.staged, &self.pending, hi, key);
         let entry = self
