@@ -216,3 +216,51 @@ fn a_transaction_reads_its_own_writes_whether_staged_or_written_out() {
     assert_eq!(s.stats().unwrap().keys, 20_001);
     assert!(s.verify().unwrap().is_ok());
 }
+
+#[test]
+fn a_transaction_finds_its_keys_after_puts_in_key_order_and_out_of_it() {
+    // Puts in ascending key order are not filed for lookup until a key
+    // comes that is not above the greatest so far (or a lookup of one):
+    // every key must be found then, also those put in order after an
+    // earlier lookup filed the ones before them.
+    let (_dir, s) = store();
+    s.put(b"b", b"committed").unwrap();
+    let key = |i: u32| format!("key{i:05}").into_bytes();
+    let mut tx = s.begin_write().unwrap();
+    for i in 0..100 {
+        tx.put(&key(i), b"first").unwrap();
+    }
+    // A lookup below the greatest key files keys 0..100.
+    assert_eq!(tx.get(&key(50)).unwrap(), Some(&b"first"[..]));
+    assert_eq!(tx.get(b"b").unwrap(), Some(&b"committed"[..]));
+    assert_eq!(tx.get(&key(100)).unwrap(), None);
+    for i in 100..199 {
+        tx.put(&key(i), b"first").unwrap();
+    }
+    // The greatest key twice in a row is not in order.
+    tx.put(&key(199), b"once").unwrap();
+    tx.put(&key(199), b"first").unwrap();
+    // Keys put in order after that lookup are found too, as the greatest
+    // and below it.
+    assert_eq!(tx.get(&key(199)).unwrap(), Some(&b"first"[..]));
+    assert_eq!(tx.get(&key(150)).unwrap(), Some(&b"first"[..]));
+    // Out of order from here: rewriting a key replaces its record.
+    for i in (0..200).step_by(3) {
+        tx.put(&key(i), b"second").unwrap();
+    }
+    assert!(tx.delete(&key(151)).unwrap());
+    assert!(!tx.delete(&key(151)).unwrap());
+    assert_eq!(tx.get(&key(198)).unwrap(), Some(&b"second"[..]));
+    assert_eq!(tx.get(&key(199)).unwrap(), Some(&b"first"[..]));
+    tx.commit().unwrap();
+    for i in 0..200 {
+        let want: Option<&[u8]> = match i {
+            151 => None,
+            i if i % 3 == 0 => Some(b"second"),
+            _ => Some(b"first"),
+        };
+        assert_eq!(s.get(&key(i)).unwrap().as_deref(), want, "key {i}");
+    }
+    assert_eq!(s.stats().unwrap().keys, 200);
+    assert!(s.verify().unwrap().is_ok());
+}
