@@ -410,8 +410,9 @@ pub struct WriteTxn<'s> {
     pending: Vec<Pending>,
     /// Finds a key in `pending`, once built: while every key put so far
     /// is greater than the one before (`ascending`), no key can repeat and
-    /// none is looked for, so a load in key order never builds it (its
-    /// inserts miss the cache at random: a fifth of a 1M-key load's time).
+    /// a key above the greatest is not in `pending`, so a load in key
+    /// order never builds it (its inserts miss the cache at random: a
+    /// fifth of a 1M-key load's time).
     key_table: RefCell<HashTable<KeyRef>>,
     /// The greatest key so far, while `pending` holds its keys in strictly
     /// ascending order; `None` once a key came out of order (from then on
