@@ -287,9 +287,9 @@ impl Staged {
 
 /// A key written by the transaction: its newest record so far, with the
 /// header fields commit needs (it applies them without reading the log
-/// back: reading 140 MB of records through the map, page by page, was
-/// ~15% of a 1M-key transaction). `WriteTxn::pending` keeps them in the
-/// order of each key's first record.
+/// back: a pass over 140 MB of records for their headers was ~15% of a
+/// 1M-key transaction). `WriteTxn::pending` keeps them in the order of
+/// each key's first record.
 #[derive(Clone, Copy)]
 struct Pending {
     hash: u64,
