@@ -142,15 +142,8 @@ pub(crate) fn read_record(map: &Mapping, off: u64, end: u64) -> Result<Record, I
     Ok(rec)
 }
 
-/// Builds the header of a record (CRC included) for the given payload.
-pub(crate) fn make_header(kind: u8, seq: u64, prev: u64, key: &[u8], val: &[u8]) -> RecordHeader {
-    let mut h = unsealed_header(kind, 0, seq, prev, key, val);
-    h.crc = Le32::new(record_crc(&h, key, val));
-    h
-}
-
 /// A header for the given payload with its CRC still 0
-/// (`WriteTxn::write_sealed` computes it where the record is staged).
+/// (`WriteTxn::write_record` computes it where the record is staged).
 pub(crate) fn unsealed_header(
     kind: u8,
     flags: u8,

@@ -269,19 +269,9 @@ impl Staged {
         map.bytes(off, len)
     }
 
-    /// The header of the transaction's own record at `off`.
-    fn header(&self, map: &Mapping, off: u64) -> Result<log::Record, log::Invalid> {
-        let end = self.off + self.buf.len() as u64;
-        if off >= self.off && off < end {
-            return log::parse_header(&self.buf[(off - self.off) as usize..], off, end);
-        }
-        log::read_header(map, off, map.len())
-    }
-
-    /// Whether the transaction's own record at `off` is for `key`.
-    fn key_is(&self, map: &Mapping, off: u64, key: &[u8]) -> bool {
-        self.header(map, off)
-            .is_ok_and(|r| self.bytes(map, r.key_off(), r.key_len as u64) == Some(key))
+    /// Whether the transaction's own record `p` is for `key`.
+    fn key_is(&self, map: &Mapping, p: &Pending, key: &[u8]) -> bool {
+        self.bytes(map, p.off + HEADER_SIZE as u64, u64::from(p.key_len)) == Some(key)
     }
 }
 
@@ -349,7 +339,7 @@ fn is_key<'a>(
     hi: u32,
     key: &'a [u8],
 ) -> impl Fn(&KeyRef) -> bool + 'a {
-    move |k| k.hash_hi == hi && staged.key_is(map, pending[k.index as usize].off, key)
+    move |k| k.hash_hi == hi && staged.key_is(map, &pending[k.index as usize], key)
 }
 
 /// How compaction picks the extent to empty.
@@ -498,12 +488,20 @@ impl<'s> WriteTxn<'s> {
         self.base.seq + 1
     }
 
+    /// While keys ascend, whether `key` is above every key so far (and so
+    /// not in `pending`). Keys are at least a byte: above the empty start.
+    fn above_all(&self, key: &[u8]) -> bool {
+        self.ascending
+            .as_ref()
+            .is_some_and(|last| key > last.as_slice())
+    }
+
     /// The transaction's newest record of `key`, if it wrote one.
     fn pending_of(&self, hash: u64, key: &[u8]) -> Option<Pending> {
-        if let Some(last) = &self.ascending {
-            if self.pending.is_empty() || key > last.as_slice() {
-                return None;
-            }
+        if self.above_all(key) {
+            return None;
+        }
+        if self.ascending.is_some() {
             self.build_key_table();
         }
         let hi = (hash >> 32) as u32;
@@ -535,39 +533,35 @@ impl<'s> WriteTxn<'s> {
         self.filed.set(self.pending.len());
     }
 
-    /// Writes a record at `at` (reserved): staged, or on its own if large.
+    /// Writes a record at `at` (reserved) with header `h` (its CRC still
+    /// to be computed: `log::unsealed_header`), staged or on its own if
+    /// large, and counts it in the transaction's run; returns its CRC. A
+    /// staged record's CRC is computed over its bytes in the run, in one
+    /// call: over the header, key and value apart it cost twice as much.
     /// A failed write poisons the handle, as a failed flush does: the
     /// transaction's bytes in the file are then unknown.
-    fn write_record(&mut self, at: u64, h: &RecordHeader, key: &[u8], val: &[u8]) -> Result<()> {
-        if self.stage(at, record_size(key.len(), val.len()))? {
-            log::encode_record(&mut self.staged.buf, h, key, val);
-            return Ok(());
-        }
-        self.write_large(at, h, key, val)
-    }
-
-    /// [`write_record`](Self::write_record) of a header whose CRC is yet
-    /// to be computed (`log::unsealed_header`); returns the CRC. A staged
-    /// record's CRC is computed over its bytes in the run, in one call:
-    /// over the header, key and value apart it cost twice as much.
-    fn write_sealed(
+    fn write_record(
         &mut self,
         at: u64,
         mut h: RecordHeader,
         key: &[u8],
         val: &[u8],
     ) -> Result<u32> {
-        if self.stage(at, record_size(key.len(), val.len()))? {
+        let size = record_size(key.len(), val.len());
+        let crc = if self.stage(at, size)? {
             let start = self.staged.buf.len();
             log::encode_record(&mut self.staged.buf, &h, key, val);
             let rec = &mut self.staged.buf[start..];
             let crc = crc32fast::hash(&rec[4..HEADER_SIZE + key.len() + val.len()]);
             rec[..4].copy_from_slice(&crc.to_le_bytes());
-            return Ok(crc);
-        }
-        let crc = record_crc(&h, key, val);
-        h.crc = Le32::new(crc);
-        self.write_large(at, &h, key, val)?;
+            crc
+        } else {
+            let crc = record_crc(&h, key, val);
+            h.crc = Le32::new(crc);
+            self.write_large(at, &h, key, val)?;
+            crc
+        };
+        self.wrote(at, size, crc);
         Ok(crc)
     }
 
@@ -735,8 +729,7 @@ impl<'s> WriteTxn<'s> {
         let size = record_size(key.len(), value.len());
         let pos = self.reserve(size)?;
         let h = log::unsealed_header(kind, flags, self.seq(), prev, key, value);
-        let crc = self.write_sealed(pos, h, key, value)?;
-        self.wrote(pos, size, crc);
+        let crc = self.write_record(pos, h, key, value)?;
         let new = Pending {
             hash,
             off: pos,
@@ -748,14 +741,16 @@ impl<'s> WriteTxn<'s> {
             kind,
             flags,
         };
-        if let Some(last) = &mut self.ascending {
-            if self.pending.is_empty() || key > last.as_slice() {
+        if self.above_all(key) {
+            if let Some(last) = &mut self.ascending {
                 last.clear();
                 last.extend_from_slice(key);
-                self.pending.push(new);
-                self.fresh_keys += new.fresh() as u64;
-                return Ok(());
             }
+            self.pending.push(new);
+            self.fresh_keys += new.fresh() as u64;
+            return Ok(());
+        }
+        if self.ascending.is_some() {
             self.build_key_table();
             self.ascending = None;
         }
@@ -838,10 +833,9 @@ impl<'s> WriteTxn<'s> {
             offset: Le64::new(off),
             len: Le64::new(len),
         };
-        let h = log::make_header(KIND_NEXT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
+        let h = log::unsealed_header(KIND_NEXT, 0, self.seq(), 0, &[], bytemuck::bytes_of(&body));
         let at = self.cur.pos;
-        self.write_record(at, &h, &[], bytemuck::bytes_of(&body))?;
-        self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+        self.write_record(at, h, &[], bytemuck::bytes_of(&body))?;
         self.cur = Cursor {
             pos: off,
             end: off + len,
@@ -883,10 +877,9 @@ impl<'s> WriteTxn<'s> {
             offset: Le64::new(mv.log2 as u64),
             len: Le64::new(mv.finish as u64),
         };
-        let h = log::make_header(KIND_INDEX, self.seq(), 0, &[], bytemuck::bytes_of(&body));
+        let h = log::unsealed_header(KIND_INDEX, 0, self.seq(), 0, &[], bytemuck::bytes_of(&body));
         let at = self.reserve(NEXT_RECORD_SIZE)?;
-        self.write_record(at, &h, &[], bytemuck::bytes_of(&body))?;
-        self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+        self.write_record(at, h, &[], bytemuck::bytes_of(&body))?;
         self.index_move = Some((mv, off));
         Ok(())
     }
@@ -1015,10 +1008,10 @@ impl<'s> WriteTxn<'s> {
                     offset: Le64::new(e.off),
                     len: Le64::new(e.len),
                 };
-                let h = log::make_header(KIND_RETIRE, seq, 0, &[], bytemuck::bytes_of(&body));
+                let h =
+                    log::unsealed_header(KIND_RETIRE, 0, seq, 0, &[], bytemuck::bytes_of(&body));
                 let at = self.reserve(NEXT_RECORD_SIZE)?;
-                self.write_record(at, &h, &[], bytemuck::bytes_of(&body))?;
-                self.wrote(at, NEXT_RECORD_SIZE, h.crc.get());
+                self.write_record(at, h, &[], bytemuck::bytes_of(&body))?;
                 self.retired.push((e.off, e.len));
                 return Ok(step);
             }
@@ -1131,9 +1124,15 @@ impl<'s> WriteTxn<'s> {
             chain_crc: Le32::new(self.chain.clone().finalize()),
             _pad: Le32::new(0),
         };
-        let h = log::make_header(KIND_COMMIT, self.seq(), 0, &[], bytemuck::bytes_of(&body));
-        self.write_record(pos, &h, &[], bytemuck::bytes_of(&body))?;
-        self.wrote(pos, COMMIT_RECORD_SIZE, h.crc.get());
+        let h = log::unsealed_header(
+            KIND_COMMIT,
+            0,
+            self.seq(),
+            0,
+            &[],
+            bytemuck::bytes_of(&body),
+        );
+        self.write_record(pos, h, &[], bytemuck::bytes_of(&body))?;
         self.write_staged()?;
         let mut st = self.base;
         st.seq = self.seq();
