@@ -51,7 +51,7 @@ fn commit_before(shared: &Shared, map: &Mapping, end: u64, seq: u64) -> Result<(
         .filter(|_| rec.seq == seq)
         .ok_or_else(|| bad(at, format!("expected the commit record of commit {seq}")))?;
     let start = body.txn_start.get();
-    if start < DATA_START || start % 8 != 0 {
+    if start < DATA_START || start % RECORD_ALIGN != 0 {
         return Err(bad(
             at,
             format!("commit {seq} starts at {start}, outside the log"),

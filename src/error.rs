@@ -85,7 +85,7 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
-    /// The store is full: the file cannot grow past 8 TiB.
+    /// The store is full: the file cannot grow past 4 TiB.
     StoreFull {
         /// The file.
         path: PathBuf,
@@ -165,7 +165,7 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::StoreFull { path } => {
-                write!(f, "{}: store is full (the 8 TiB file limit)", path.display())
+                write!(f, "{}: store is full (the 4 TiB file limit)", path.display())
             }
             Error::TooManyReaders { path, max } => write!(
                 f,

@@ -115,7 +115,7 @@ pub fn inspect(path: &Path, offset: u64) -> Result<Inspection> {
     } else if offset < DATA_START {
         space_entry(&mut b, &file, path, offset)?
     } else {
-        record(&mut b, &file, path, offset & !7, len)?
+        record(&mut b, &file, path, offset & !(RECORD_ALIGN - 1), len)?
     };
     Ok(Inspection {
         offset,

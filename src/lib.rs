@@ -90,7 +90,7 @@
 //!   (and blocks space reuse while open) and waits for commits by looking
 //!   every 10 ms ([`Options::read_only`]).
 //! - **Limits**: keys 1 byte to 64 KiB, values up to 1 GiB, files up to
-//!   8 TiB. Linux only (OFD locks, `fallocate`).
+//!   4 TiB. Linux only (OFD locks, `fallocate`).
 
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -87,7 +87,7 @@ impl std::fmt::Display for Invalid {
 /// must end by `end`), but not the checksum.
 pub(crate) fn read_header(map: &Mapping, off: u64, end: u64) -> Result<Record, Invalid> {
     let end = end.min(map.len());
-    if off % 8 != 0 || off.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > end) {
+    if off % RECORD_ALIGN != 0 || off.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > end) {
         return Err(Invalid::OutOfBounds);
     }
     let bytes = map

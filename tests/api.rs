@@ -151,6 +151,23 @@ fn stats_count_live_and_dead_bytes() {
 }
 
 #[test]
+fn a_record_takes_its_header_key_and_value_padded_to_4_bytes() {
+    // docs/FORMAT.md, "Log records": a 24-byte header, then the key and
+    // the value, then zeros up to a multiple of 4.
+    let (_d, s) = store();
+    for (key_len, val_len, size) in [(16, 100, 140), (1, 2, 28), (3, 1, 28), (8, 0, 32)] {
+        let before = s.stats().unwrap().live_bytes;
+        s.put(&vec![key_len as u8; key_len], &vec![7u8; val_len])
+            .unwrap();
+        assert_eq!(
+            s.stats().unwrap().live_bytes - before,
+            size,
+            "{key_len}+{val_len}"
+        );
+    }
+}
+
+#[test]
 fn store_is_send_and_sync_and_a_busy_writer_is_an_error_on_request() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Store>();
