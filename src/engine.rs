@@ -1399,7 +1399,16 @@ impl Shared {
         let mut map = self.map.load_full();
         let mut st = State::from_meta(meta, map.len());
         let mut space = self.checkpoint_space(&map, meta)?;
-        let commits = self.scan_tail(&map, &st);
+        // After a clean close nothing follows the tail: the first commit
+        // after one clears the flag, durably, before it writes its commit
+        // record (`mark_dirty`). Not looking spares the open a fault on
+        // the tail's page and a page table for it (15-16.5 µs instead of
+        // 17.5-20.5 for the 1M-key store).
+        let commits = if meta.is_clean() {
+            Vec::new()
+        } else {
+            self.scan_tail(&map, &st)
+        };
         if !meta.is_clean() {
             let recovered: HashSet<u64> = commits
                 .iter()
