@@ -574,7 +574,18 @@ impl<'s> WriteTxn<'s> {
         if !self.staged.buf.is_empty()
             && (run_end != at || self.staged.buf.len() + size > STAGE_MAX)
         {
+            let run_start = self.staged.off;
             self.write_staged()?;
+            // A run written before the commit is a large transaction's:
+            // its bytes go to the disk while the rest is written, instead
+            // of all in the commit's msync (its whole pages: the last one
+            // is written again with the next run).
+            let end = run_end & !(PAGE_SIZE - 1);
+            if end > run_start {
+                self.shared
+                    .backend
+                    .start_writeback(run_start, end - run_start);
+            }
         }
         if self.staged.buf.is_empty() {
             self.staged.off = at;

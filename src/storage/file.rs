@@ -217,6 +217,11 @@ impl Backend for FileBackend {
         self.file.write_all_at(data, off)
     }
 
+    fn start_writeback(&self, off: u64, len: u64) {
+        // Errors are the flush's to report.
+        let _ = sys::start_writeback(&self.file, off, len);
+    }
+
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
         self.faults.msync()?;
         map.msync(off, len)

@@ -123,6 +123,9 @@ pub(crate) trait Backend: Send + Sync {
     /// checkpoint that names nothing past `new_len`.
     fn shrink(&self, new_len: u64) -> io::Result<()>;
     fn write(&self, map: &Mapping, off: u64, data: &[u8]) -> io::Result<()>;
+    /// Starts writing `[off, off + len)` out without waiting, so that a
+    /// later flush of it finds less to do. A hint: nothing depends on it.
+    fn start_writeback(&self, _off: u64, _len: u64) {}
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     fn lock(&self, id: LockId, mode: LockMode, wait: bool) -> io::Result<bool>;
     fn held_by_others(&self, id: LockId) -> io::Result<bool>;
