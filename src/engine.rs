@@ -56,7 +56,7 @@ pub(crate) const PREFETCH_AHEAD: usize = 8;
 /// still moved at 1M keys, its file 1.45x the raw bytes; at 12 the move
 /// ends at 870K and the file is 1.38x. The move's work is the same,
 /// packed into a third of the commits (`cargo bench --bench space --
-/// bulk`: p99 commit 3.2-3.4 ms at 4, 3.5-4.1 ms at 12; p50 unchanged)...
+/// bulk`, 10M keys: p99 commit 3.2-3.4 ms at 4, 3.5-4.1 ms at 12)...
 const MIGRATE_MIN: u64 = 256;
 const MIGRATE_PER_KEY: u64 = 12;
 /// ... and at least this fraction of the old table, so that a move ends
