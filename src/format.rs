@@ -337,9 +337,9 @@ pub fn record_crc(header: &RecordHeader, key: &[u8], val: &[u8]) -> u32 {
 }
 
 /// Index slots: one little-endian `u64` per slot. Zero is empty; otherwise
-/// bits 24..64 hold `offset / RECORD_ALIGN` of the newest record of the key and bits
-/// 0..24 a tag taken from the key's hash, so a probe can skip most
-/// non-matching slots without touching the record.
+/// bits 24..64 hold `offset / RECORD_ALIGN` of the newest record of the
+/// key and bits 0..24 a tag taken from the key's hash, so a probe can skip
+/// most non-matching slots without touching the record.
 pub const SLOT_EMPTY: u64 = 0;
 const TAG_BITS: u32 = 24;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;

@@ -576,10 +576,11 @@ impl<'s> WriteTxn<'s> {
         {
             let run_start = self.staged.off;
             self.write_staged()?;
-            // A run written before the commit is a large transaction's:
-            // its bytes go to the disk while the rest is written, instead
-            // of all in the commit's msync (its whole pages: the last one
-            // is written again with the next run).
+            // A run written before the commit (full, or cut short where
+            // the log moves to another extent) starts on its way to the
+            // disk now: a large transaction's bytes then go out while it
+            // writes the rest, not all in the commit's msync. Whole pages
+            // only: the last one is written again with the next run.
             let end = run_end & !(PAGE_SIZE - 1);
             if end > run_start {
                 self.shared
