@@ -2,9 +2,9 @@
 //! (`kvctl salvage`). Never writes the source.
 //!
 //! The source is read with plain reads, from the first data page to the
-//! end, at every 8-byte boundary: whatever passes as a record (kind,
-//! lengths, CRC) is noted, so nothing depends on the meta pages, the
-//! index or the extent chain being intact. A commit counts when its
+//! end, at every multiple of `RECORD_ALIGN` (4 bytes): whatever passes as
+//! a record (kind, lengths, CRC) is noted, so nothing depends on the meta
+//! pages, the index or the extent chain being intact. A commit counts when its
 //! commit record checks out and the run it names does too: every record
 //! from `txn_start` (following next records) has its seq and a good CRC,
 //! and the count and chained CRC match — the same rule as recovery. The
@@ -154,7 +154,7 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
             Some(Err(_)) => {}
             None => {}
         }
-        off += 8;
+        off += RECORD_ALIGN;
     }
 
     // 2. Commits whose run checks out; the records of the others name
