@@ -1407,9 +1407,7 @@ impl Shared {
         let commits = if meta.is_clean() {
             Vec::new()
         } else {
-            self.scan_tail(&map, &st)
-        };
-        if !meta.is_clean() {
+            let commits = self.scan_tail(&map, &st);
             let recovered: HashSet<u64> = commits
                 .iter()
                 .flat_map(|c| c.records.iter().map(|r| r.off))
@@ -1417,7 +1415,8 @@ impl Shared {
             if self.has_lost_slot(&map, meta, &space, &recovered) {
                 return self.rebuild(meta, space, commits);
             }
-        }
+            commits
+        };
         if !commits.is_empty() {
             self.settle(&mut self.writer(), &map, &mut st, &mut space, &commits)?;
             self.apply_all(&mut map, &mut st, &mut space, &commits)?;

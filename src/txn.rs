@@ -536,8 +536,7 @@ impl<'s> WriteTxn<'s> {
     /// Writes a record at `at` (reserved) with header `h` (its CRC still
     /// to be computed: `log::unsealed_header`), staged or on its own if
     /// large, and counts it in the transaction's run; returns its CRC. A
-    /// staged record's CRC is computed over its bytes in the run, in one
-    /// call: over the header, key and value apart it cost twice as much.
+    /// staged record's CRC is computed over its bytes in the run.
     /// A failed write poisons the handle, as a failed flush does: the
     /// transaction's bytes in the file are then unknown.
     fn write_record(
@@ -552,7 +551,7 @@ impl<'s> WriteTxn<'s> {
             let start = self.staged.buf.len();
             log::encode_record(&mut self.staged.buf, &h, key, val);
             let rec = &mut self.staged.buf[start..];
-            let crc = crc32fast::hash(&rec[4..HEADER_SIZE + key.len() + val.len()]);
+            let crc = record_crc_contiguous(&rec[..HEADER_SIZE + key.len() + val.len()]);
             rec[..4].copy_from_slice(&crc.to_le_bytes());
             crc
         } else {
@@ -563,6 +562,13 @@ impl<'s> WriteTxn<'s> {
         };
         self.wrote(at, size, crc);
         Ok(crc)
+    }
+
+    /// Writes a keyless record of this commit (next, index, retire,
+    /// commit) with `body` as its value, like [`write_record`](Self::write_record).
+    fn write_body_record(&mut self, at: u64, kind: u8, body: &[u8]) -> Result<u32> {
+        let h = log::unsealed_header(kind, 0, self.seq(), 0, &[], body);
+        self.write_record(at, h, &[], body)
     }
 
     /// Makes the staged run end at `at`, writing it out first if it ends
@@ -845,9 +851,8 @@ impl<'s> WriteTxn<'s> {
             offset: Le64::new(off),
             len: Le64::new(len),
         };
-        let h = log::unsealed_header(KIND_NEXT, 0, self.seq(), 0, &[], bytemuck::bytes_of(&body));
         let at = self.cur.pos;
-        self.write_record(at, h, &[], bytemuck::bytes_of(&body))?;
+        self.write_body_record(at, KIND_NEXT, bytemuck::bytes_of(&body))?;
         self.cur = Cursor {
             pos: off,
             end: off + len,
@@ -889,9 +894,8 @@ impl<'s> WriteTxn<'s> {
             offset: Le64::new(mv.log2 as u64),
             len: Le64::new(mv.finish as u64),
         };
-        let h = log::unsealed_header(KIND_INDEX, 0, self.seq(), 0, &[], bytemuck::bytes_of(&body));
         let at = self.reserve(NEXT_RECORD_SIZE)?;
-        self.write_record(at, h, &[], bytemuck::bytes_of(&body))?;
+        self.write_body_record(at, KIND_INDEX, bytemuck::bytes_of(&body))?;
         self.index_move = Some((mv, off));
         Ok(())
     }
@@ -1020,10 +1024,8 @@ impl<'s> WriteTxn<'s> {
                     offset: Le64::new(e.off),
                     len: Le64::new(e.len),
                 };
-                let h =
-                    log::unsealed_header(KIND_RETIRE, 0, seq, 0, &[], bytemuck::bytes_of(&body));
                 let at = self.reserve(NEXT_RECORD_SIZE)?;
-                self.write_record(at, h, &[], bytemuck::bytes_of(&body))?;
+                self.write_body_record(at, KIND_RETIRE, bytemuck::bytes_of(&body))?;
                 self.retired.push((e.off, e.len));
                 return Ok(step);
             }
@@ -1136,15 +1138,7 @@ impl<'s> WriteTxn<'s> {
             chain_crc: Le32::new(self.chain.clone().finalize()),
             _pad: Le32::new(0),
         };
-        let h = log::unsealed_header(
-            KIND_COMMIT,
-            0,
-            self.seq(),
-            0,
-            &[],
-            bytemuck::bytes_of(&body),
-        );
-        self.write_record(pos, h, &[], bytemuck::bytes_of(&body))?;
+        self.write_body_record(pos, KIND_COMMIT, bytemuck::bytes_of(&body))?;
         self.write_staged()?;
         let mut st = self.base;
         st.seq = self.seq();
