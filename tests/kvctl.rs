@@ -448,6 +448,12 @@ fn inspect_decodes_structures_even_when_the_store_cannot_open() {
     assert_eq!(rec["what"], "log record: put");
     assert_eq!(rec["fields"]["key"], "hello");
     assert_eq!(rec["fields"]["value"], "world");
+    // That record takes 34 bytes, padded to 36: the commit record after it
+    // starts 4 bytes past a multiple of 8, and an offset inside its first
+    // word finds it.
+    let commit = &json_lines(&kvctl(&db, &["--json", "inspect", "524326"]))[0];
+    assert_eq!(commit["what"], "log record: commit");
+    assert_eq!(commit["fields"]["txn_start"], "524288");
     // Damage the value and both meta pages: the store no longer opens,
     // inspect still reads, and says the record is damaged.
     let mut bytes = std::fs::read(&db).unwrap();

@@ -7,9 +7,11 @@ use crate::{Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 /// Decode the record or page at OFFSET, with its checksum status: a meta
 /// page (0, 4096), the live header (8192), a reader-table chunk (12288 up
 /// to 65536), an extent-table entry (65536 up to 327680), or a log record
-/// (from 524288; the offset is rounded down to 8). Reads the file directly, so it works on a store too damaged to
-/// open. Exit 1 if the structure fails its checks. Offsets come from
-/// `verify`'s problem list, or a record's `prev` and `next record` fields.
+/// (from 524288; the offset is rounded down to a multiple of 4, where
+/// records start). Reads the file directly, so it works on a store too
+/// damaged to open. Exit 1 if the structure fails its checks. Offsets come
+/// from `verify`'s problem list, or a record's `prev` and `next record`
+/// fields.
 ///
 /// Examples:
 ///   kvctl --db data.kv inspect 0

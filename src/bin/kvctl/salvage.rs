@@ -9,7 +9,7 @@ use crate::{Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Copy every committed key whose newest version reads intact into a new
 /// store, and report what was lost. The damaged store is only read: every
-/// 8-byte boundary of its log area is tried as a record, so a store whose
+/// multiple of 4 in its log area is tried as a record, so a store whose
 /// meta pages or index are ruined still gives up its data. Exit 0 if
 /// nothing was found lost, 1 if commits were lost or records damaged.
 ///
