@@ -764,7 +764,9 @@ impl Shared {
     /// `seq` sees (`None`: the key did not exist then or was deleted).
     /// Walks the chain through `recs`; the record returned lies in `base`
     /// (everything a snapshot can see is inside its own mapping) and is
-    /// fully verified there.
+    /// fully verified there. `key` is `head`'s key (every caller probed
+    /// for it or read it from `head`), so only an older version's key is
+    /// compared.
     pub(crate) fn resolve(
         &self,
         recs: &impl Records,
@@ -774,6 +776,7 @@ impl Shared {
         key: &[u8],
     ) -> Result<Option<Record>> {
         let mut rec = head;
+        let walked = rec.seq > seq;
         while rec.seq > seq {
             if rec.prev == 0 {
                 return Ok(None);
@@ -796,7 +799,7 @@ impl Shared {
             return Ok(None);
         }
         log::check_crc(base, &rec).map_err(|e| self.corrupted(rec.off, e.to_string()))?;
-        if rec.key(base) != key {
+        if walked && rec.key(base) != key {
             return Err(self.corrupted(rec.off, "version chain leads to another key's record"));
         }
         Ok(Some(rec))
@@ -2120,7 +2123,14 @@ impl Records for SnapshotRecords<'_> {
     }
 
     fn key_is(&self, rec: &Record, key: &[u8]) -> bool {
-        rec.key_len == key.len() && self.key(rec).is_some_and(|k| *k == *key)
+        if rec.key_len != key.len() {
+            return false;
+        }
+        let end = rec.key_off() + rec.key_len as u64;
+        if end <= self.base.len() {
+            return rec.key(self.base) == key;
+        }
+        self.newer(end).is_some_and(|m| rec.key(&m) == key)
     }
 }
 
