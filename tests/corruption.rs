@@ -1,7 +1,8 @@
 //! Corruption: flip every byte of a small store file, and truncate it at
 //! every page boundary. `open`, `verify`, reads and a write must return `Ok`
 //! or a clear `Err` (never panic), and any value a read returns must be one
-//! that was committed for that key.
+//! that was committed for that key. A version chain bent to another key's
+//! record is an error, not that key's value.
 
 use std::collections::{HashMap, HashSet};
 
@@ -143,5 +144,46 @@ fn a_damaged_record_is_reported_by_verify_and_by_the_read() {
     match store.get(b"k\x05") {
         Err(e) => assert!(e.is_corruption(), "{e}"),
         Ok(v) => panic!("read a damaged value: {v:?}"),
+    }
+}
+
+#[test]
+fn a_version_chain_that_leads_to_another_keys_record_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.kv");
+    let store = Store::open(&path).unwrap();
+    store.put(b"key-a", b"value-a-1").unwrap();
+    store.put(b"key-b", b"value-b-1").unwrap();
+    let old = store.begin_read().unwrap();
+    store.put(b"key-a", b"value-a-2").unwrap();
+    // Point the newest version of key-a back at key-b's record, which is
+    // as old as the snapshot: the walk from the head stops there.
+    let bytes = std::fs::read(&path).unwrap();
+    let record_of = |key: &[u8], val: &[u8]| {
+        let needle = [key, val].concat();
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .expect("record in the file");
+        (at - 24) as u64
+    };
+    let (head, b) = (
+        record_of(b"key-a", b"value-a-2"),
+        record_of(b"key-b", b"value-b-1"),
+    );
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &b.to_le_bytes()[..6], head + 18).unwrap();
+    // The snapshot must not take key-b's value for key-a's.
+    match old.get(b"key-a") {
+        Err(e) => assert!(
+            e.is_corruption() && e.to_string().contains("another key"),
+            "{e}"
+        ),
+        Ok(v) => panic!("key-a read through a broken chain: {v:?}"),
+    }
+    // A current read resolves to the head, whose checksum covers `prev`.
+    match store.get(b"key-a") {
+        Err(e) => assert!(e.to_string().contains("checksum"), "{e}"),
+        Ok(v) => panic!("read a damaged record: {v:?}"),
     }
 }
