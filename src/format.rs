@@ -338,7 +338,7 @@ pub fn record_crc_contiguous(bytes: &[u8]) -> u32 {
 }
 
 /// A fresh hasher. `crc32fast::Hasher::new` tests five CPU features each
-/// time (~40 instructions, an eighth of a get's work after its record
+/// time (~40 instructions of the ~520 a get runs after its record's header
 /// arrives); a clone of one made once does not.
 fn crc_hasher() -> crc32fast::Hasher {
     static PROTO: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();

@@ -156,8 +156,9 @@ fn a_version_chain_that_leads_to_another_keys_record_is_an_error() {
     store.put(b"key-b", b"value-b-1").unwrap();
     let old = store.begin_read().unwrap();
     store.put(b"key-a", b"value-a-2").unwrap();
-    // Point the newest version of key-a back at key-b's record, which is
-    // as old as the snapshot: the walk from the head stops there.
+    // Point the newest version of key-a (its `prev`: header bytes 18..24)
+    // at key-b's record, which is as old as the snapshot: the walk from
+    // the head stops there.
     let bytes = std::fs::read(&path).unwrap();
     let record_of = |key: &[u8], val: &[u8]| {
         let needle = [key, val].concat();
