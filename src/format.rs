@@ -337,9 +337,10 @@ pub fn record_crc_contiguous(bytes: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// A fresh hasher. `crc32fast::Hasher::new` tests five CPU features each
-/// time (~40 instructions of the ~520 a get runs after its record's header
-/// arrives); a clone of one made once does not.
+/// A fresh hasher for a record's CRC (both forms above and below).
+/// `crc32fast::Hasher::new` tests five CPU features each time (~40
+/// instructions of the ~520 a get runs after its record's header arrives);
+/// a clone of one made once does not.
 fn crc_hasher() -> crc32fast::Hasher {
     static PROTO: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
     PROTO.get_or_init(crc32fast::Hasher::new).clone()
@@ -347,7 +348,7 @@ fn crc_hasher() -> crc32fast::Hasher {
 
 /// The CRC a record header must carry, given its other fields and payload.
 pub fn record_crc(header: &RecordHeader, key: &[u8], val: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = crc_hasher();
     h.update(&bytemuck::bytes_of(header)[4..]);
     h.update(key);
     h.update(val);
