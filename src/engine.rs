@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::index::{BadSlot, Probe, Records, Table, MAX_LOAD_EIGHTHS};
+use crate::index::{BadSlot, Probe, Quick, Records, Table, MAX_LOAD_EIGHTHS};
 use crate::live::{self, State};
 use crate::log::{self, Cursor, ExtentRules, IndexMove, Record, ScannedCommit};
 use crate::options::{Durability, Options};
@@ -834,6 +834,26 @@ impl Shared {
         key: &[u8],
     ) -> Result<Option<&'m [u8]>> {
         check_key(key)?;
+        let hash = hash_key(self.seed, key);
+        match st.table().quick_lookup(map, hash, key, st.seq) {
+            Quick::Value(v) => Ok(Some(v)),
+            Quick::Deleted => Ok(None),
+            // While the index moves, the key may still be in the old table.
+            Quick::Vacant if st.old_table().is_none() => Ok(None),
+            Quick::Vacant | Quick::Checked => self.lookup_checked(map, st, key),
+        }
+    }
+
+    /// [`lookup`](Self::lookup) through every check, for what
+    /// `Table::quick_lookup` leaves to it.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn lookup_checked<'m>(
+        &self,
+        map: &'m Mapping,
+        st: &State,
+        key: &[u8],
+    ) -> Result<Option<&'m [u8]>> {
         let recs = SnapshotRecords {
             shared: self,
             base: map,

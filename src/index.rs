@@ -50,6 +50,61 @@ impl Records for Mapping {
     }
 }
 
+/// What [`Table::quick_lookup`] found.
+pub(crate) enum Quick<'m> {
+    /// The key's value, from a verified record.
+    Value(&'m [u8]),
+    /// A vacant slot ends the key's chain: it is not in this table.
+    Vacant,
+    /// The key's newest version in this table is a delete.
+    Deleted,
+    /// Not the common case: ask the checked path.
+    Checked,
+}
+
+/// The value of the record at `off` if it is the common case (see
+/// [`Table::quick_lookup`]).
+#[inline]
+fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'m> {
+    // Header and key in one borrow whose length does not depend on the
+    // record, and the header's fields read straight from it (not copied
+    // into a `RecordHeader` first): each check then waits only for the
+    // bytes it compares.
+    let Some(head) = map.bytes(off, (HEADER_SIZE + key.len()) as u64) else {
+        return Quick::Checked;
+    };
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
+    // Bytes 4..12: val_len (4), key_len_m1 (2), kind, flags.
+    let lengths = word(4);
+    let val_len = lengths as u32 as usize;
+    let shape = (lengths >> 32) & 0xff_ffff;
+    let key_len_m1 = key.len() as u64 - 1;
+    let rec_seq = word(12) & Le48::MAX;
+    if rec_seq > seq || head[HEADER_SIZE..] != *key {
+        return Quick::Checked;
+    }
+    let len = HEADER_SIZE + key.len() + val_len;
+    if shape != key_len_m1 | (KIND_PUT as u64) << 16 || val_len > MAX_VALUE_LEN {
+        // A delete (no CRC check: the checked path makes none either).
+        let delete = shape == key_len_m1 | (KIND_DELETE as u64) << 16 && val_len == 0;
+        return match delete && map.bytes(off, align_record(len as u64)).is_some() {
+            true => Quick::Deleted,
+            false => Quick::Checked,
+        };
+    }
+    // The padding too: the checked path wants the whole record inside.
+    let Some(rec) = map
+        .bytes(off, align_record(len as u64))
+        .and_then(|r| r.get(..len))
+    else {
+        return Quick::Checked;
+    };
+    if record_crc_contiguous(rec) != word(0) as u32 {
+        return Quick::Checked;
+    }
+    Quick::Value(&rec[HEADER_SIZE + key.len()..])
+}
+
 /// A slot whose record is unreadable: the index names bytes that are not a
 /// record of any key.
 pub(crate) struct BadSlot {
@@ -139,6 +194,41 @@ impl Table {
             target: 0,
             why: Invalid::OutOfBounds,
         })
+    }
+
+    /// The common case of a lookup, in as few instructions as it can be.
+    ///
+    /// A random get waits on two cache misses, the slot and then the
+    /// record, and the next get's slot load can start early only if
+    /// everything this get does after its record arrives fits in the CPU's
+    /// window with it. [`probe`](Self::probe) and `Shared::resolve` run
+    /// ~520 instructions there (a `Result` and a copied `Record` per layer,
+    /// error closures); this runs ~200, most of them the CRC, and on a
+    /// 1M-key store a get takes about half the time (docs/DESIGN.md,
+    /// "Speed").
+    ///
+    /// It answers only for the head record of `key` in this table, inside
+    /// `map`, visible at `seq`, a put or a delete of exactly `key` with
+    /// lengths in bounds, whose CRC (for a put) matches; or for a vacant
+    /// slot. Everything else — an older version to walk to, a tag shared
+    /// with another key, a record past `map`, any failed check — is
+    /// [`Quick::Checked`]: the checked path then answers or names what is
+    /// corrupt. So it never answers differently from that path.
+    #[inline]
+    pub fn quick_lookup<'m>(&self, map: &'m Mapping, hash: u64, key: &[u8], seq: u64) -> Quick<'m> {
+        let mask = self.cap() - 1;
+        let mut i = slot_home(hash, self.log2);
+        for _ in 0..self.cap() {
+            let v = self.load(map, i);
+            if v == SLOT_EMPTY {
+                return Quick::Vacant;
+            }
+            if slot_matches(v, hash) {
+                return quick_record(map, slot_offset(v), key, seq);
+            }
+            i = (i + 1) & mask;
+        }
+        Quick::Checked
     }
 
     /// Puts `v` into the first empty slot of `hash`'s chain, for a key known

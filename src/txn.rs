@@ -1243,3 +1243,108 @@ impl Drop for WriteTxn<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::format::hash_key;
+    use crate::index::Quick;
+    use crate::Store;
+
+    use super::ReadTxn;
+
+    /// How `Table::quick_lookup` answered a snapshot's reads.
+    #[derive(Default, Debug)]
+    struct Answers {
+        value: u64,
+        deleted: u64,
+        vacant: u64,
+        checked: u64,
+    }
+
+    /// Reads `keys` through the quick path and through the checked one,
+    /// and fails on any answer of the quick path that the checked path
+    /// does not give.
+    fn compare(r: &ReadTxn, keys: impl Iterator<Item = Vec<u8>>) -> Answers {
+        let mut a = Answers::default();
+        for key in keys {
+            let hash = hash_key(r.shared.seed, &key);
+            let quick = r.st.table().quick_lookup(&r.map, hash, &key, r.st.seq);
+            let checked = r.shared.lookup_checked(&r.map, &r.st, &key).unwrap();
+            assert_eq!(r.get(&key).unwrap(), checked, "get of {key:?}");
+            match quick {
+                Quick::Value(v) => {
+                    a.value += 1;
+                    assert_eq!(checked, Some(v), "quick value of {key:?}");
+                }
+                Quick::Deleted => {
+                    a.deleted += 1;
+                    assert_eq!(checked, None, "quick delete of {key:?}");
+                }
+                Quick::Vacant => {
+                    a.vacant += 1;
+                    if r.st.old_table().is_none() {
+                        assert_eq!(checked, None, "quick vacancy of {key:?}");
+                    }
+                }
+                Quick::Checked => a.checked += 1,
+            }
+        }
+        a
+    }
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("key-{i:06}").into_bytes()
+    }
+
+    #[test]
+    fn the_quick_lookup_answers_the_common_case_as_the_checked_path_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("q.kv")).unwrap();
+        const N: u32 = 24_000;
+        let mut moving = 0;
+        for c in 0..N / 1000 {
+            let mut w = s.begin_write().unwrap();
+            for i in c * 1000..(c + 1) * 1000 {
+                w.put(&key(i), &i.to_le_bytes()).unwrap();
+            }
+            w.commit().unwrap();
+            let r = s.begin_read().unwrap();
+            // Present keys, absent ones past them; while the index moves,
+            // a vacancy in the new table is not an answer.
+            let a = compare(&r, (0..(c + 1) * 1000 + 500).map(key));
+            if r.st.old_table().is_some() {
+                // Keys not moved yet are vacant in the new table.
+                moving += 1;
+                assert!(a.value > 0 && a.vacant > 500, "{a:?}");
+            } else {
+                assert_eq!(a.value, u64::from((c + 1) * 1000), "{a:?}");
+                assert_eq!(a.vacant, 500, "{a:?}");
+            }
+        }
+        assert!(moving > 0, "no snapshot saw the index move");
+
+        // Overwrite the even keys, delete every third, under a snapshot.
+        let before = s.begin_read().unwrap();
+        let mut w = s.begin_write().unwrap();
+        for i in (0..N).step_by(2) {
+            w.put(&key(i), b"new").unwrap();
+        }
+        for i in (0..N).step_by(3) {
+            w.delete(&key(i)).unwrap();
+        }
+        w.commit().unwrap();
+
+        let r = s.begin_read().unwrap();
+        let a = compare(&r, (0..N).map(key));
+        assert_eq!(a.deleted, u64::from(N.div_ceil(3)), "{a:?}");
+        assert_eq!(a.value + a.deleted, u64::from(N), "{a:?}");
+
+        // The snapshot from before: a changed key's head is too new for
+        // it, and only the checked path walks to the older version.
+        let a = compare(&before, (0..N).map(key));
+        assert!(a.checked >= u64::from(N / 2), "{a:?}");
+        assert_eq!(before.get(&key(0)).unwrap(), Some(&0u32.to_le_bytes()[..]));
+        assert_eq!(r.get(&key(0)).unwrap(), None);
+        assert_eq!(r.get(&key(2)).unwrap(), Some(&b"new"[..]));
+    }
+}
