@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: [u8; 8] = *b"\x89MKV\r\n\x1a\n";
 /// The format this code reads and writes. Bumped on any change to the layout
 /// or to what replay does with it (docs/FORMAT.md, "Versioning").
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Unit of alignment for meta pages, extents and index tables.
 pub const PAGE_SIZE: u64 = 4096;
 /// Hash function id stored in the meta page: xxh3-64 with the store's seed.
@@ -257,7 +257,8 @@ pub const SPACE_FREE: u32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct RecordHeader {
-    /// CRC32 of header bytes `4..24`, the key and the value (not the padding).
+    /// CRC-32C of header bytes `4..24`, the key and the value (not the
+    /// padding). The file's other checksums are CRC-32 (IEEE).
     pub crc: Le32,
     pub val_len: Le32,
     /// Key length minus one for puts and deletes (keys are 1 ..= 65536
@@ -328,31 +329,16 @@ pub fn align_page(n: u64) -> u64 {
 }
 
 /// [`record_crc`] of a record whose bytes lie together: `bytes` runs from
-/// its header to the end of its value (the padding left out). One call:
-/// over the header, key and value apart, crc32fast took twice as long for
-/// a small record (its short parts go to its table code).
+/// its header to the end of its value (the padding left out).
 pub fn record_crc_contiguous(bytes: &[u8]) -> u32 {
-    let mut h = crc_hasher();
-    h.update(&bytes[4..]);
-    h.finalize()
+    crate::crc::crc32c(bytes.get(4..).unwrap_or_default())
 }
 
-/// A fresh hasher for a record's CRC (both forms above and below).
-/// `crc32fast::Hasher::new` tests five CPU features each time (~40
-/// instructions of the ~520 a get runs after its record's header arrives);
-/// a clone of one made once does not.
-fn crc_hasher() -> crc32fast::Hasher {
-    static PROTO: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
-    PROTO.get_or_init(crc32fast::Hasher::new).clone()
-}
-
-/// The CRC a record header must carry, given its other fields and payload.
+/// The CRC a record header must carry, given its other fields and payload:
+/// CRC-32C (see `crc.rs` for why not CRC-32 as in format 4).
 pub fn record_crc(header: &RecordHeader, key: &[u8], val: &[u8]) -> u32 {
-    let mut h = crc_hasher();
-    h.update(&bytemuck::bytes_of(header)[4..]);
-    h.update(key);
-    h.update(val);
-    h.finalize()
+    let c = crate::crc::crc32c(&bytemuck::bytes_of(header)[4..]);
+    crate::crc::append(crate::crc::append(c, key), val)
 }
 
 /// Index slots: one little-endian `u64` per slot. Zero is empty; otherwise

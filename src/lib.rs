@@ -99,6 +99,8 @@
 
 mod changes;
 pub mod check;
+#[allow(unsafe_code)]
+mod crc;
 mod engine;
 mod error;
 pub mod faults;
