@@ -66,11 +66,9 @@ pub(crate) enum Quick<'m> {
 /// [`Table::quick_lookup`]).
 #[inline]
 fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'m> {
-    // Header and key in one borrow whose length does not depend on the
-    // record, and the header's fields read straight from it (not copied
-    // into a `RecordHeader` first): each check then waits only for the
-    // bytes it compares.
-    let Some(head) = map.bytes(off, (HEADER_SIZE + key.len()) as u64) else {
+    // The header's fields are read straight from the map (not copied into
+    // a `RecordHeader` first), so each check waits only for its bytes.
+    let Some(head) = map.bytes(off, HEADER_SIZE as u64) else {
         return Quick::Checked;
     };
     let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
@@ -79,19 +77,14 @@ fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'
     let val_len = lengths as u32 as usize;
     let shape = (lengths >> 32) & 0xff_ffff;
     let key_len_m1 = key.len() as u64 - 1;
-    let rec_seq = word(12) & Le48::MAX;
-    if rec_seq > seq || head[HEADER_SIZE..] != *key {
+    let put = shape == key_len_m1 | (KIND_PUT as u64) << 16 && val_len <= MAX_VALUE_LEN;
+    let delete = shape == key_len_m1 | (KIND_DELETE as u64) << 16 && val_len == 0;
+    if !(put || delete) || word(12) & Le48::MAX > seq {
         return Quick::Checked;
     }
+    // Only now, with the lengths known to be `key`'s, is the key borrowed:
+    // a borrow past the record could reach log the writer is writing.
     let len = HEADER_SIZE + key.len() + val_len;
-    if shape != key_len_m1 | (KIND_PUT as u64) << 16 || val_len > MAX_VALUE_LEN {
-        // A delete (no CRC check: the checked path makes none either).
-        let delete = shape == key_len_m1 | (KIND_DELETE as u64) << 16 && val_len == 0;
-        return match delete && map.bytes(off, align_record(len as u64)).is_some() {
-            true => Quick::Deleted,
-            false => Quick::Checked,
-        };
-    }
     // The padding too: the checked path wants the whole record inside.
     let Some(rec) = map
         .bytes(off, align_record(len as u64))
@@ -99,6 +92,13 @@ fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'
     else {
         return Quick::Checked;
     };
+    if rec[HEADER_SIZE..HEADER_SIZE + key.len()] != *key {
+        return Quick::Checked;
+    }
+    if !put {
+        // A delete: no CRC check (the checked path makes none either).
+        return Quick::Deleted;
+    }
     if record_crc_contiguous(rec) != word(0) as u32 {
         return Quick::Checked;
     }
@@ -203,8 +203,7 @@ impl Table {
     /// everything this get does after its record arrives fits in the CPU's
     /// window with it. [`probe`](Self::probe) and `Shared::resolve` run
     /// ~520 instructions there (a `Result` and a copied `Record` per layer,
-    /// error closures); this runs ~200, most of them the CRC, and on a
-    /// 1M-key store a get takes about half the time (docs/DESIGN.md,
+    /// error closures); this runs ~180, ~75 of them the CRC (docs/DESIGN.md,
     /// "Speed").
     ///
     /// It answers only for the head record of `key` in this table, inside
