@@ -76,7 +76,7 @@ fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'
     let lengths = word(4);
     let val_len = lengths as u32 as usize;
     let shape = (lengths >> 32) & 0xff_ffff;
-    let key_len_m1 = key.len() as u64 - 1;
+    let key_len_m1 = (key.len() as u64).wrapping_sub(1);
     let put = shape == key_len_m1 | (KIND_PUT as u64) << 16 && val_len <= MAX_VALUE_LEN;
     let delete = shape == key_len_m1 | (KIND_DELETE as u64) << 16 && val_len == 0;
     if !(put || delete) || word(12) & Le48::MAX > seq {
