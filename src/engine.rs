@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
+use crate::cpu;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::{BadSlot, Probe, Quick, Records, Table, MAX_LOAD_EIGHTHS};
@@ -834,6 +835,17 @@ impl Shared {
         key: &[u8],
     ) -> Result<Option<&'m [u8]>> {
         check_key(key)?;
+        // A short key is read once, a byte at a time, so that the hash's
+        // wide loads never wait on the caller's narrow stores (see
+        // `cpu::short_key_copy`).
+        let copy;
+        let key = match key.len() <= cpu::SHORT_KEY {
+            true => {
+                copy = cpu::short_key_copy(key);
+                &copy[..key.len()]
+            }
+            false => key,
+        };
         let hash = hash_key(self.seed, key);
         match st.table().quick_lookup(map, hash, key, st.seq) {
             Quick::Value(v) => Ok(Some(v)),

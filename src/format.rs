@@ -331,14 +331,14 @@ pub fn align_page(n: u64) -> u64 {
 /// [`record_crc`] of a record whose bytes lie together: `bytes` runs from
 /// its header to the end of its value (the padding left out).
 pub fn record_crc_contiguous(bytes: &[u8]) -> u32 {
-    crate::crc::crc32c(bytes.get(4..).unwrap_or_default())
+    crate::cpu::crc32c(bytes.get(4..).unwrap_or_default())
 }
 
 /// The CRC a record header must carry, given its other fields and payload:
-/// CRC-32C (see `crc.rs` for why not CRC-32 as in format 4).
+/// CRC-32C (see `cpu.rs` for why not CRC-32 as in format 4).
 pub fn record_crc(header: &RecordHeader, key: &[u8], val: &[u8]) -> u32 {
-    let c = crate::crc::crc32c(&bytemuck::bytes_of(header)[4..]);
-    crate::crc::append(crate::crc::append(c, key), val)
+    let c = crate::cpu::crc32c(&bytemuck::bytes_of(header)[4..]);
+    crate::cpu::crc32c_append(crate::cpu::crc32c_append(c, key), val)
 }
 
 /// Index slots: one little-endian `u64` per slot. Zero is empty; otherwise

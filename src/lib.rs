@@ -100,7 +100,7 @@
 mod changes;
 pub mod check;
 #[allow(unsafe_code)]
-mod crc;
+mod cpu;
 mod engine;
 mod error;
 pub mod faults;
