@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::workload::key;
+use crate::workload::present;
 
 pub type Key = [u8; 16];
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -17,9 +17,9 @@ pub trait Engine: Sync + Sized {
     /// One durable transaction: for each `i` in `order`, puts `key(i)`
     /// with `value(i)`, or deletes it when `value` is `None`.
     fn write(&self, order: &[u32], value: Option<&dyn Fn(u32) -> Value>) -> Res<()>;
-    /// One read transaction: gets `key(i, missing)` for each `i` in `order`.
+    /// One read transaction: gets `key(i)` for each `i` in `order`.
     /// Returns (keys found, value bytes seen).
-    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)>;
+    fn read(&self, key: impl Fn(u32) -> Key, order: &[u32]) -> Res<(u64, u64)>;
     /// One read transaction over every pair: (pairs, key + value bytes).
     fn scan(&self) -> Res<(u64, u64)>;
     /// The files the store consists of (for their sizes).
@@ -40,9 +40,9 @@ impl Engine for Mapkv {
         let mut tx = self.0.begin_write()?;
         for &i in order {
             match value {
-                Some(v) => tx.put(&key(i, false), &v(i))?,
+                Some(v) => tx.put(&present(i), &v(i))?,
                 None => {
-                    tx.delete(&key(i, false))?;
+                    tx.delete(&present(i))?;
                 }
             }
         }
@@ -50,11 +50,11 @@ impl Engine for Mapkv {
         Ok(())
     }
 
-    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)> {
+    fn read(&self, key: impl Fn(u32) -> Key, order: &[u32]) -> Res<(u64, u64)> {
         let snap = self.0.begin_read()?;
         let (mut found, mut bytes) = (0, 0);
         for &i in order {
-            if let Some(v) = snap.get(&key(i, missing))? {
+            if let Some(v) = snap.get(&key(i))? {
                 found += 1;
                 bytes += v.len() as u64;
             }
@@ -111,9 +111,9 @@ impl Engine for Lmdb {
         let db = self.db;
         for &i in order {
             match value {
-                Some(v) => db.put(&mut tx, &key(i, false), &v(i))?,
+                Some(v) => db.put(&mut tx, &present(i), &v(i))?,
                 None => {
-                    db.delete(&mut tx, &key(i, false))?;
+                    db.delete(&mut tx, &present(i))?;
                 }
             }
         }
@@ -121,12 +121,12 @@ impl Engine for Lmdb {
         Ok(())
     }
 
-    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)> {
+    fn read(&self, key: impl Fn(u32) -> Key, order: &[u32]) -> Res<(u64, u64)> {
         let tx = self.env.read_txn()?;
         let db = self.db;
         let (mut found, mut bytes) = (0, 0);
         for &i in order {
-            if let Some(v) = db.get(&tx, &key(i, missing))? {
+            if let Some(v) = db.get(&tx, &key(i))? {
                 found += 1;
                 bytes += v.len() as u64;
             }
@@ -180,7 +180,7 @@ impl Engine for Redb {
         {
             let mut t = tx.open_table(TABLE)?;
             for &i in order {
-                let k: &[u8] = &key(i, false);
+                let k: &[u8] = &present(i);
                 match value {
                     Some(v) => {
                         t.insert(k, &v(i)[..])?;
@@ -195,13 +195,13 @@ impl Engine for Redb {
         Ok(())
     }
 
-    fn read(&self, missing: bool, order: &[u32]) -> Res<(u64, u64)> {
+    fn read(&self, key: impl Fn(u32) -> Key, order: &[u32]) -> Res<(u64, u64)> {
         use redb::ReadableDatabase;
         let tx = self.0.begin_read()?;
         let t = tx.open_table(TABLE)?;
         let (mut found, mut bytes) = (0, 0);
         for &i in order {
-            let k: &[u8] = &key(i, missing);
+            let k: &[u8] = &key(i);
             if let Some(v) = t.get(k)? {
                 found += 1;
                 bytes += v.value().len() as u64;

@@ -290,6 +290,11 @@ fn main() -> Res<()> {
         ),
         ("readrandom: 2 threads", "readrandom2_ops", Unit::Ops),
         (
+            "readrandom: each key written byte by byte just before its get",
+            "readrandom_bytewise_ops",
+            Unit::Ops,
+        ),
+        (
             "readmissing: N gets of absent keys",
             "readmissing_ops",
             Unit::Ops,

@@ -43,6 +43,11 @@ pub fn key(i: u32, missing: bool) -> Key {
     (x + b'0' as u128 * ones + above_9 * 39).to_be_bytes()
 }
 
+/// Present key `i`.
+pub fn present(i: u32) -> Key {
+    key(i, false)
+}
+
 /// [`key`] as it is defined: the hex digits of `2i + missing`, one by one.
 pub fn key_bytewise(i: u32, missing: bool) -> Key {
     let n = 2 * i as u64 + missing as u64;
@@ -123,7 +128,7 @@ fn time_open<E: Engine>(dir: &Path) -> Res<(E, f64)> {
         drop(last.take());
         let t = Instant::now();
         let e = E::open(dir)?;
-        let (found, _) = e.read(false, &[0])?;
+        let (found, _) = e.read(present, &[0])?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         if found != 1 {
             return Err("a key is missing after reopening".into());
@@ -163,15 +168,25 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
     emit("open_ms", open_ms);
 
     let t = Instant::now();
-    let (found, bytes) = e.read(false, &reads)?;
+    let (found, bytes) = e.read(present, &reads)?;
     emit("readrandom_ops", n as f64 / t.elapsed().as_secs_f64());
     check("readrandom found", found, n as u64)?;
     check("readrandom bytes", bytes, 100 * n as u64)?;
 
+    // The same gets, each key written a byte at a time just before its
+    // get, as a program that formats its keys does.
+    let t = Instant::now();
+    let (found, _) = e.read(|i| key_bytewise(i, false), &reads)?;
+    emit(
+        "readrandom_bytewise_ops",
+        n as f64 / t.elapsed().as_secs_f64(),
+    );
+    check("readrandom (keys byte by byte) found", found, n as u64)?;
+
     let t = Instant::now();
     let both = std::thread::scope(|s| {
-        let a = s.spawn(|| e.read(false, &reads));
-        let b = s.spawn(|| e.read(false, &reads2));
+        let a = s.spawn(|| e.read(present, &reads));
+        let b = s.spawn(|| e.read(present, &reads2));
         [a.join(), b.join()]
     });
     emit(
@@ -184,7 +199,7 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
     }
 
     let t = Instant::now();
-    let (found, _) = e.read(true, &reads)?;
+    let (found, _) = e.read(|i| key(i, true), &reads)?;
     emit("readmissing_ops", n as f64 / t.elapsed().as_secs_f64());
     check("readmissing found", found, 0)?;
 
@@ -201,7 +216,7 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
     emit("rss_file", status_bytes("RssFile") as f64);
 
     batches("overwrite", &e, &d, &over, Some(2))?;
-    let (found, bytes) = e.read(false, &reads[..n.min(1000)])?;
+    let (found, bytes) = e.read(present, &reads[..n.min(1000)])?;
     check("found after overwrite", found, n.min(1000) as u64)?;
     check("bytes after overwrite", bytes, 100 * n.min(1000) as u64)?;
     batches("delete", &e, &d, &del, None)?;
