@@ -839,12 +839,11 @@ impl Shared {
         // wide loads never wait on the caller's narrow stores (see
         // `cpu::short_key_copy`).
         let copy;
-        let key = match key.len() <= cpu::SHORT_KEY {
-            true => {
-                copy = cpu::short_key_copy(key);
-                &copy[..key.len()]
-            }
-            false => key,
+        let key = if key.len() <= cpu::SHORT_KEY {
+            copy = cpu::short_key_copy(key);
+            &copy[..key.len()]
+        } else {
+            key
         };
         let hash = hash_key(self.seed, key);
         match st.table().quick_lookup(map, hash, key, st.seq) {
