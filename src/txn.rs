@@ -946,7 +946,16 @@ impl<'s> WriteTxn<'s> {
             step.active = true;
             return Ok(step);
         }
-        if self.base.old_index_log2 != 0 || self.index_move.is_some() {
+        if self.index_move.is_some() {
+            // This commit starts a move (a grown or, after mass deletes, a
+            // cleaner table). `compact()` commits it and finishes the move
+            // with its next step; dropping it instead made `compact()` stop
+            // at once, with nothing compacted, on every store whose deletes
+            // call for a cleaner table.
+            step.active = strict;
+            return Ok(step);
+        }
+        if self.base.old_index_log2 != 0 {
             return Ok(step); // not while the index moves (DESIGN.md)
         }
         let seq = self.seq();
