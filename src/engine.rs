@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::cpu;
 use crate::error::{Error, Result};
+use crate::faults::{Faults, PausePoint};
 use crate::format::*;
 use crate::index::{BadSlot, Probe, Quick, Records, Table, MAX_LOAD_EIGHTHS};
 use crate::live::{self, State};
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     /// This handle's chunks of the reader table.
     pub registry: Registry,
     pub writer: Mutex<Writer>,
+    /// Injected failures and test pause points (`Options::faults`).
+    pub faults: Faults,
 }
 
 /// The writer's private state (in this process).
@@ -491,6 +494,7 @@ impl Shared {
             offline_incarnation: 0,
             joined: AtomicBool::new(false),
             registry: Registry::new(),
+            faults: opts.faults.clone(),
             writer: Mutex::new(Writer {
                 state: from_meta,
                 unsynced: Vec::new(),
@@ -1932,13 +1936,24 @@ impl Shared {
                 let r = (|| {
                     if self.relocate_index(&mut w, &map, &mut st)? {
                         self.checkpoint(&mut w, &map, &mut st, false)?;
+                        // Publish the new table *before* looking for
+                        // readers. The move keeps `seq`, so a snapshot's
+                        // re-check in `begin_snapshot` cannot tell the two
+                        // states apart; only this order (Dekker with its
+                        // register-then-re-read) makes a snapshot that the
+                        // scan misses read the new table. Scanning first
+                        // freed the old table under such a snapshot, and
+                        // `shrink` then cut it off the file: a SIGBUS
+                        // (tests/compact_readers.rs).
+                        self.publish(&mut w, &map, &mut st);
                         // Alone, no snapshot open, the checkpoint names the
                         // new table: nothing can read the old one.
                         if !self.pinned() && self.scan_readers().snapshots.is_empty() {
+                            self.faults.point(PausePoint::BeforeOldIndexFreed);
                             w.space.release(u64::MAX);
+                            w.space_dirty = true;
+                            self.publish(&mut w, &map, &mut st);
                         }
-                        w.space_dirty = true;
-                        self.publish(&mut w, &map, &mut st);
                     }
                     self.shrink(&mut w, &mut map, &mut st)
                 })();

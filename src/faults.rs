@@ -18,8 +18,9 @@
 //! ```
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// A shared plan of failures; clones share it.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +32,32 @@ struct Plan {
     ftruncate: AtomicU32,
     write: AtomicU32,
     msync: AtomicU32,
+    /// Whether a pause point is armed: the engine's check is one load.
+    pause_armed: AtomicBool,
+    pause: Mutex<PauseState>,
+    pause_changed: Condvar,
+    /// How often each point was reached, armed or not.
+    reached: Mutex<Vec<(PausePoint, u64)>>,
+}
+
+/// A place in the engine where a test can hold the thread that reaches it,
+/// to run something else at exactly that instant: a race made
+/// deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PausePoint {
+    /// In `Store::compact()`, when it holds the store alone and has moved
+    /// the index table down: after the new table is published and the
+    /// reader table scanned, before the old table's space is freed (and
+    /// then cut off the file).
+    BeforeOldIndexFreed,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    armed: Option<PausePoint>,
+    reached: bool,
+    resumed: bool,
 }
 
 /// Takes one failure from a counter, if any are left.
@@ -64,6 +91,73 @@ impl Faults {
     /// The next `n` calls to `msync` fail with `EIO` (and flush nothing).
     pub fn fail_msync(&self, n: u32) {
         self.0.msync.store(n, Ordering::SeqCst);
+    }
+
+    /// Arms `at`: the next thread to reach it stops there until
+    /// [`resume`](Self::resume). One point at a time; arming replaces any
+    /// other.
+    pub fn pause_at(&self, at: PausePoint) {
+        let mut p = self.0.pause.lock().unwrap_or_else(|e| e.into_inner());
+        *p = PauseState {
+            armed: Some(at),
+            reached: false,
+            resumed: false,
+        };
+        self.0.pause_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until a thread stopped at the armed point; `false` if none
+    /// did within `timeout` (the point was not reached: a test should fail).
+    pub fn wait_paused(&self, timeout: Duration) -> bool {
+        let p = self.0.pause.lock().unwrap_or_else(|e| e.into_inner());
+        let (p, _) = self
+            .0
+            .pause_changed
+            .wait_timeout_while(p, timeout, |p| !p.reached)
+            .unwrap_or_else(|e| e.into_inner());
+        p.reached
+    }
+
+    /// Lets the thread stopped at the armed point go on, and disarms it.
+    pub fn resume(&self) {
+        let mut p = self.0.pause.lock().unwrap_or_else(|e| e.into_inner());
+        p.resumed = true;
+        p.armed = None;
+        self.0.pause_armed.store(false, Ordering::SeqCst);
+        self.0.pause_changed.notify_all();
+    }
+
+    /// How many times any thread reached `at` (armed or not), for tests
+    /// that must show the path they race with was taken.
+    pub fn times_reached(&self, at: PausePoint) -> u64 {
+        let r = self.0.reached.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().find(|(p, _)| *p == at).map_or(0, |(_, n)| *n)
+    }
+
+    /// Called by the engine at `at` (rare paths only: it takes a lock):
+    /// counts it, and stops here if a test armed it.
+    pub(crate) fn point(&self, at: PausePoint) {
+        {
+            let mut r = self.0.reached.lock().unwrap_or_else(|e| e.into_inner());
+            match r.iter_mut().find(|(p, _)| *p == at) {
+                Some((_, n)) => *n += 1,
+                None => r.push((at, 1)),
+            }
+        }
+        if !self.0.pause_armed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut p = self.0.pause.lock().unwrap_or_else(|e| e.into_inner());
+        if p.armed != Some(at) || p.reached {
+            return;
+        }
+        p.reached = true;
+        self.0.pause_changed.notify_all();
+        let _p = self
+            .0
+            .pause_changed
+            .wait_while(p, |p| !p.resumed)
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     pub(crate) fn fallocate(&self) -> io::Result<()> {

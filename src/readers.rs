@@ -238,6 +238,10 @@ fn clear_chunk(map: &Mapping, chunk: u32) {
 /// Looks at the whole table: the open snapshots of live owners (this
 /// handle's own included), clearing chunks of dead owners when it can.
 pub(crate) fn scan(backend: &dyn Backend, map: &Mapping, reg: &Registry) -> Scan {
+    // The writer's half of the Dekker pair: whatever it published before
+    // this scan is ordered before the loads below, so a reader the scan
+    // misses re-reads the state after that publish (`Registry::set`).
+    fence(Ordering::SeqCst);
     let mut out = Scan::default();
     let now = now_micros();
     for chunk in 0..CHUNKS {
