@@ -37,6 +37,10 @@ fn writer_killed_at_random_moments_leaves_a_prefix_of_its_commits() {
     assert_eq!(report.rounds, 40);
     // The children got real work done before dying.
     assert!(report.acknowledged > 200, "{report:?}");
+    assert!(
+        report.compactions >= 5,
+        "kills never met compaction: {report:?}"
+    );
     let store = mapkv::Store::open(&db).unwrap();
     assert!(store.verify().unwrap().is_ok());
     assert!(

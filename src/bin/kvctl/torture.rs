@@ -66,16 +66,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
                     "ok": true, "seed": seed, "rounds": r.rounds,
                     "acknowledged": r.acknowledged,
                     "unacknowledged_survivors": r.unacknowledged_survivors,
+                    "compactions": r.compactions,
                     "seconds": elapsed.as_secs_f64(),
                 });
                 println!("{v}");
             } else {
                 println!(
                     "torture: {} rounds, {} acknowledged commits checked, {} unacknowledged \
-                     commits survived a kill; no violation (seed {seed}, {:.1}s)",
+                     commits survived a kill, {} compactions begun; no violation (seed {seed}, \
+                     {:.1}s)",
                     r.rounds,
                     r.acknowledged,
                     r.unacknowledged_survivors,
+                    r.compactions,
                     elapsed.as_secs_f64()
                 );
             }
