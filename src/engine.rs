@@ -964,7 +964,7 @@ impl Shared {
         if space.list.len() + 2 > SPACE_ENTRIES {
             return Err(full());
         }
-        if let Some(off) = space.take_free(size, use_) {
+        if let Some(off) = self.take_reserved(space, size, use_)? {
             return Ok((off, off + size));
         }
         let off = align_page(st.alloc_end);
@@ -978,7 +978,13 @@ impl Shared {
             // Not prepared here: `prepare_ahead` does it a slice per
             // commit (2 MiB prepared in the commit that grew a small file
             // cost it 7-30 ms).
-            self.grow_file(map, st, tail, want)?;
+            match self.grow_file(map, st, tail, want) {
+                // A nearly full disk may still hold what this needs: grow
+                // by that alone (a compaction that frees space needs a
+                // little to log it).
+                Err(e) if want > end && is_enospc(&e) => self.grow_file(map, st, tail, end)?,
+                r => r?,
+            }
         }
         let zeros = tail.zeros_from.clamp(off, end);
         // Whatever is written here from now on (even by a transaction that
@@ -1912,11 +1918,56 @@ impl Shared {
             .map(|s| s.seq)
             .min()
             .unwrap_or(u64::MAX);
-        let freed = w.space.release(st.ckpt_seq.min(oldest));
+        let freed = self.free_retired(w, st.ckpt_seq.min(oldest));
         if freed > 0 {
             w.space_dirty = true;
         }
         freed
+    }
+
+    /// Frees every range retired by a commit `<= upto` (the caller has
+    /// checked that no snapshot, index slot or recovery can read them) and
+    /// punches them, so their disk blocks go back to the file system even
+    /// while other processes map the file (docs/DESIGN.md, "Holes").
+    /// Returns the bytes freed.
+    fn free_retired(&self, w: &mut Writer, upto: u64) -> u64 {
+        let ranges: Vec<(u64, u64)> = w
+            .space
+            .list
+            .iter()
+            .filter(|e| matches!(e.use_, Use::Retired { seq } if seq <= upto))
+            .map(|e| (e.off, e.len))
+            .collect();
+        let freed = w.space.release(upto);
+        for (off, len) in ranges {
+            // A hint: blocks not given back only cost disk space.
+            let _ = self.backend.punch(off, len);
+        }
+        freed
+    }
+
+    /// Takes the lowest free range that holds `size` bytes, with its
+    /// blocks reserved first (it may have been punched): a full disk is an
+    /// `Io` error here and the range stays free.
+    fn take_reserved(
+        &self,
+        space: &mut Space,
+        size: u64,
+        use_: Option<Use>,
+    ) -> Result<Option<u64>> {
+        let Some(e) = space.lowest_free(size) else {
+            return Ok(None);
+        };
+        self.backend.reserve(e.off, size).map_err(|err| {
+            self.io(
+                format!(
+                    "reserve {size} bytes of free space at offset {} for reuse",
+                    e.off
+                ),
+                err,
+            )
+        })?;
+        Ok(space.take_free(size, use_))
     }
 
     /// After compaction: a checkpoint (retired extents are reused only
@@ -1950,7 +2001,7 @@ impl Shared {
                         // new table: nothing can read the old one.
                         if !self.pinned() && self.scan_readers().snapshots.is_empty() {
                             self.faults.point(PausePoint::BeforeOldIndexFreed);
-                            w.space.release(u64::MAX);
+                            self.free_retired(&mut w, u64::MAX);
                             w.space_dirty = true;
                             self.publish(&mut w, &map, &mut st);
                         }
@@ -1984,8 +2035,12 @@ impl Shared {
         if !below || w.space.list.len() + 2 > SPACE_ENTRIES {
             return Ok(false);
         }
-        let Some(off) = w.space.take_free(t.bytes(), None) else {
-            return Ok(false);
+        let off = match self.take_reserved(&mut w.space, t.bytes(), None) {
+            Ok(Some(off)) => off,
+            Ok(None) => return Ok(false),
+            // On a full disk the table stays where it is.
+            Err(e) if is_enospc(&e) => return Ok(false),
+            Err(e) => return Err(e),
         };
         let new = Table { off, log2: t.log2 };
         for i in 0..t.cap() {
@@ -2232,6 +2287,11 @@ fn create(backend: &dyn Backend, path: &Path) -> Result<u64> {
 }
 
 /// Rejects keys outside the 1 byte ..= 64 KiB range.
+/// Whether `e` says the disk is full.
+pub(crate) fn is_enospc(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+}
+
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::EmptyKey);

@@ -343,6 +343,27 @@ impl Backend for SimHandle {
         Ok(())
     }
 
+    fn punch(&self, off: u64, len: u64) -> io::Result<()> {
+        // The page cache reads zeros at once; the disk may keep the old
+        // bytes until a flush, and either is fine: nobody reads free space.
+        let st = self.shared.state();
+        let end = (off + len).min(st.len);
+        for w in &self.shared.buf[off.div_ceil(8) as usize..(end / 8) as usize] {
+            w.store(0, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn reserve(&self, _off: u64, _len: u64) -> io::Result<()> {
+        // The simulated disk has its whole capacity: nothing to reserve.
+        // (Full disks on reuse are tested on real files, `Faults`.)
+        Ok(())
+    }
+
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        Ok(self.shared.state().len)
+    }
+
     fn shrink(&self, new_len: u64) -> io::Result<()> {
         let mut st = self.shared.state();
         if new_len < st.len {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::engine::Shared;
+use crate::engine::{is_enospc, Shared};
 use crate::error::{Error, Result};
 use crate::live;
 use crate::options::{Durability, Options};
@@ -33,6 +33,7 @@ pub struct Store {
 
 /// What [`Store::compact`] did.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct CompactReport {
     /// File size before compaction, in bytes.
     pub bytes_before: u64,
@@ -49,6 +50,11 @@ pub struct CompactReport {
     pub bytes_freed: u64,
     /// Wall time the compaction took.
     pub duration: Duration,
+    /// Set when the disk was full: compaction did what it could without
+    /// growing the file (freed wholly dead extents, copied into space that
+    /// already existed) and this says what it could not do. `None` when it
+    /// finished.
+    pub unfinished: Option<String>,
 }
 
 /// What [`Store::backup_to`] wrote.
@@ -212,22 +218,65 @@ impl Store {
             ..CompactReport::default()
         };
         let retired0 = self.shared.snapshot()?.0.retired_total;
-        for choose in [Choose::Dead(COMPACT_MIN_DEAD), Choose::Relocate] {
+        // Wholly dead extents first: they cost no copies, so they free
+        // space even on a full disk, and the passes after them copy into
+        // that space instead of growing the file.
+        let passes = [
+            (Choose::Dead(1.0), "freeing wholly dead extents"),
+            (
+                Choose::Dead(COMPACT_MIN_DEAD),
+                "copying live records out of partly dead extents",
+            ),
+            (
+                Choose::Relocate,
+                "moving live data down to the start of the file",
+            ),
+        ];
+        let mut full: Option<(Error, &str)> = None;
+        for (pass, (choose, what)) in passes.into_iter().enumerate() {
             // Each step ends an extent or copies 4 MiB: bounded by the log.
             let limit = 64 + 2 * report.bytes_before / COMPACT_STEP;
             let relocate = matches!(choose, Choose::Relocate);
-            if relocate {
-                // Relocation needs the space freed so far.
+            if pass > 0 {
+                // A checkpoint, then what the last pass retired is freed
+                // (and punched): the next one copies into it.
                 report.bytes_freed += self.shared.reclaim(false)?.0;
             }
+            // A full disk ends the pass, not the compaction: its step is
+            // aborted (nothing of it committed) and the next pass may
+            // still fit in what was freed.
+            let mut disk_full = |e: Error| -> Result<()> {
+                if !is_enospc(&e) {
+                    return Err(e);
+                }
+                full = Some((e, what));
+                Ok(())
+            };
             for _ in 0..limit {
                 let mut tx = self.begin_write()?;
                 tx.no_auto = true;
                 // Durable at the checkpoint that ends compaction; a crash
                 // before it loses copies, never data.
                 tx.set_durability(Durability::Eventual);
-                let step = tx.compact_step(COMPACT_STEP, choose, true)?;
-                let jumped = !step.active && relocate && tx.jump_down()?;
+                let step = match tx.compact_step(COMPACT_STEP, choose, true) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        drop(tx);
+                        disk_full(e)?;
+                        break;
+                    }
+                };
+                let jumped = match !step.active && relocate {
+                    false => false,
+                    true => match tx.jump_down() {
+                        Ok(j) => j,
+                        Err(e) => {
+                            drop(tx);
+                            disk_full(e)?;
+                            break;
+                        }
+                    },
+                };
                 if !step.active && !jumped {
                     drop(tx);
                     // Out of candidates: free what relocation retired (a
@@ -243,7 +292,10 @@ impl Store {
                     }
                     continue;
                 }
-                tx.commit()?;
+                if let Err(e) = tx.commit() {
+                    disk_full(e)?;
+                    break;
+                }
                 report.records_moved += step.records;
                 report.bytes_moved += step.bytes;
                 progress(report.bytes_moved);
@@ -252,6 +304,13 @@ impl Store {
         let (freed, len) = self.shared.reclaim(true)?;
         report.bytes_freed += freed;
         report.bytes_after = len;
+        if let Some((e, what)) = full {
+            let dead = self.stats()?.dead_bytes;
+            report.unfinished = Some(format!(
+                "the disk is full ({e}) while {what}: {dead} bytes of dead records remain in \
+                 the log; compact again once there is room"
+            ));
+        }
         let retired = self.shared.snapshot()?.0.retired_total - retired0;
         report.bytes_retired = retired;
         report.duration = t0.elapsed();
@@ -361,6 +420,11 @@ impl Store {
         stats.open_snapshots = scan.snapshots.len() as u64;
         stats.oldest_snapshot = scan.snapshots.iter().map(|s| s.seq).min();
         stats.unregistered_readers = self.shared.pinned();
+        stats.allocated_bytes = self
+            .shared
+            .backend
+            .allocated_bytes()
+            .map_err(|e| self.shared.io("read the file's allocated size", e))?;
         Ok(stats)
     }
 

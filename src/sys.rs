@@ -99,6 +99,18 @@ pub(crate) fn zero_range(file: &File, off: u64, len: u64) -> io::Result<()> {
     )
 }
 
+/// Deallocates `[off, off + len)` without changing the file size: the
+/// range reads as zeros, its blocks go back to the file system.
+/// `Unsupported` where the file system cannot.
+pub(crate) fn punch_hole(file: &File, off: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        file,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        off,
+        len,
+    )
+}
+
 fn fallocate(file: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
     loop {
         // SAFETY: plain syscall on an open descriptor with integer arguments.

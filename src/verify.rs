@@ -32,6 +32,10 @@ pub struct Stats {
     pub dead_bytes: u64,
     /// Size of the file.
     pub file_bytes: u64,
+    /// Disk space the file holds (its allocated blocks): below
+    /// `file_bytes` by the free space whose blocks were given back (punched
+    /// holes), above it by blocks reserved past its end. 0 where unknown.
+    pub allocated_bytes: u64,
     /// `file_bytes / live_bytes` (0 when there is no live data).
     pub space_amplification: f64,
     /// Log extents in use (segments).

@@ -207,6 +207,28 @@ impl Backend for FileBackend {
         self.file.sync_data()
     }
 
+    fn punch(&self, off: u64, len: u64) -> io::Result<()> {
+        match sys::punch_hole(&self.file, off, len) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            r => r,
+        }
+    }
+
+    fn reserve(&self, off: u64, len: u64) -> io::Result<()> {
+        self.faults.fallocate()?;
+        match sys::fallocate_keep_size(&self.file, off, len) {
+            // Where nothing can be reserved, nothing could be punched
+            // either: the blocks are still there.
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            r => r,
+        }
+    }
+
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
     fn write(&self, _map: &Mapping, off: u64, data: &[u8]) -> io::Result<()> {
         // Not through the map: a page written there is mapped writable,
         // and its writeback must write-protect it again — a TLB flush that

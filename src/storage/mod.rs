@@ -122,6 +122,20 @@ pub(crate) trait Backend: Send + Sync {
     /// Only called by a handle that holds the store alone, after a
     /// checkpoint that names nothing past `new_len`.
     fn shrink(&self, new_len: u64) -> io::Result<()>;
+    /// Gives the disk blocks of `[off, off + len)` back to the file system
+    /// without changing the file's length (`FALLOC_FL_PUNCH_HOLE`): free
+    /// space, which no snapshot, no index slot and no recovery reads. It
+    /// reads as zeros afterwards. A hint: `Ok` where the file system
+    /// cannot, and errors change nothing the store relies on.
+    fn punch(&self, off: u64, len: u64) -> io::Result<()>;
+    /// Makes sure `[off, off + len)` (inside the file; free space about to
+    /// be reused, perhaps punched) has blocks, before anything is written
+    /// there: a full disk fails here (`ENOSPC`), never as SIGBUS on a write
+    /// through the map.
+    fn reserve(&self, off: u64, len: u64) -> io::Result<()>;
+    /// Bytes of disk the file holds (`st_blocks × 512`): less than its
+    /// length where free space was punched.
+    fn allocated_bytes(&self) -> io::Result<u64>;
     fn write(&self, map: &Mapping, off: u64, data: &[u8]) -> io::Result<()>;
     /// Starts writing `[off, off + len)` out without waiting, so that a
     /// later flush of it finds less to do. A hint: nothing depends on it.

@@ -32,6 +32,7 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
             "bytes_retired": r.bytes_retired,
             "bytes_freed": r.bytes_freed,
             "seconds": r.duration.as_secs_f64(),
+            "unfinished": r.unfinished,
         });
         println!("{v}");
     } else {
@@ -47,6 +48,9 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
         );
         if r.bytes_freed < r.bytes_retired {
             println!("(the rest is freed once older snapshots end)");
+        }
+        if let Some(why) = &r.unfinished {
+            eprintln!("kvctl: compaction stopped early: {why}");
         }
     }
     Ok(EXIT_OK)

@@ -26,6 +26,7 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
             "log_extent_bytes": s.log_extent_bytes,
             "dead_bytes": s.dead_bytes,
             "file_bytes": s.file_bytes,
+            "allocated_bytes": s.allocated_bytes,
             "space_amplification": s.space_amplification,
             "index_slots": s.index_slots,
             "index_used": s.index_used,
@@ -53,6 +54,10 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
     println!("log bytes         {}", s.log_bytes);
     println!("dead bytes        {}", s.dead_bytes);
     println!("file bytes        {}", s.file_bytes);
+    println!(
+        "allocated bytes   {} (disk blocks; free space is given back)",
+        s.allocated_bytes
+    );
     println!("space amp         {:.2}", s.space_amplification);
     println!("index slots       {}", s.index_slots);
     println!("index used        {}", s.index_used);

@@ -1,0 +1,235 @@
+//! Disk space comes back while the store is shared: freed extents give
+//! their blocks to the file system (punched holes) without the file
+//! shrinking under another handle's mapping, and space is reserved again
+//! before it is reused, so a full disk is an error, never a SIGBUS.
+
+use mapkv::faults::Faults;
+use mapkv::{Durability, Error, Options, Store};
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
+
+/// Writes `keys` keys with 1 KiB values tagged `round`, in commits of 500.
+fn fill(store: &Store, keys: u32, round: u8) {
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+        let mut tx = store.begin_write().unwrap();
+        for &i in chunk {
+            tx.put(&key(i), &[round; 1024]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// The store of these tests: 20,000 keys written twice (the first round
+/// all dead), then all but 2,000 deleted; a second handle holds the store
+/// open, as another process would, so `compact()` may not shrink the file.
+fn churned(dir: &std::path::Path, faults: &Faults) -> (Store, Store) {
+    let path = dir.join("s.kv");
+    let store = Options::new()
+        .durability(Durability::Eventual)
+        .auto_compact(false)
+        .faults(faults.clone())
+        .open(&path)
+        .unwrap();
+    let other = Store::open(&path).unwrap();
+    fill(&store, 20_000, 1);
+    fill(&store, 20_000, 2);
+    let mut tx = store.begin_write().unwrap();
+    for i in 2_000..20_000 {
+        tx.delete(&key(i)).unwrap();
+    }
+    tx.commit().unwrap();
+    (store, other)
+}
+
+#[test]
+fn compaction_gives_blocks_back_while_another_handle_maps_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, other) = churned(dir.path(), &Faults::new());
+    let before = store.stats().unwrap();
+    assert!(
+        before.allocated_bytes + (1 << 20) >= before.file_bytes,
+        "setup: the file is not sparse yet {before:?}"
+    );
+    let reader = other.begin_read().unwrap();
+    drop(reader);
+    store.compact().unwrap();
+    // A second round: the first may leave what the second frees.
+    store.compact().unwrap();
+    let after = store.stats().unwrap();
+    assert!(
+        after.file_bytes >= before.file_bytes,
+        "the file shrank while another handle maps it"
+    );
+    assert!(
+        after.free_bytes > before.file_bytes / 2,
+        "compaction freed too little: {after:?}"
+    );
+    // Every free byte's block went back, up to a page per range.
+    let holes = after.file_bytes - after.allocated_bytes.min(after.file_bytes);
+    assert!(
+        holes + 4096 * after.segments_free >= after.free_bytes,
+        "free {} bytes, but only {holes} bytes of holes",
+        after.free_bytes
+    );
+    assert!(
+        after.allocated_bytes < 3 * after.live_bytes + (4 << 20),
+        "allocated {} for {} live bytes",
+        after.allocated_bytes,
+        after.live_bytes
+    );
+    for h in [&store, &other] {
+        let snap = h.begin_read().unwrap();
+        assert_eq!(snap.len(), 2_000);
+        for i in 0..2_000 {
+            assert_eq!(snap.get(&key(i)).unwrap(), Some(&[2u8; 1024][..]));
+        }
+    }
+    store.verify().unwrap();
+}
+
+#[test]
+fn reusing_punched_space_on_a_full_disk_is_an_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (store, _other) = churned(dir.path(), &faults);
+    store.compact().unwrap();
+    store.compact().unwrap();
+    let st = store.stats().unwrap();
+    assert!(st.free_bytes > 4 << 20, "nothing free to reuse: {st:?}");
+    assert!(
+        st.allocated_bytes < st.file_bytes,
+        "nothing punched: {st:?}"
+    );
+    let seq = store.begin_read().unwrap().seq();
+    // The disk is full: the reservation of the reused range fails.
+    faults.fail_fallocate(u32::MAX);
+    let mut tx = store.begin_write().unwrap();
+    let mut failed = None;
+    for i in 0..8_000 {
+        if let Err(e) = tx.put(&key(100_000 + i), &[7; 1024]) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = match failed {
+        Some(e) => {
+            drop(tx);
+            e
+        }
+        None => tx
+            .commit()
+            .expect_err("a commit into unreserved space succeeded"),
+    };
+    match &err {
+        Error::Io { source, .. } => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{err}")
+        }
+        other => panic!("expected an Io error (ENOSPC), got {other}"),
+    }
+    faults.fail_fallocate(0);
+    let snap = store.begin_read().unwrap();
+    assert_eq!(snap.seq(), seq, "a failed commit changed the state");
+    assert_eq!(snap.len(), 2_000);
+    for i in 0..2_000 {
+        assert_eq!(snap.get(&key(i)).unwrap(), Some(&[2u8; 1024][..]));
+    }
+    drop(snap);
+    // With room again, the same space is reused.
+    fill(&store, 4_000, 3);
+    assert_eq!(
+        store.stats().unwrap().file_bytes,
+        st.file_bytes,
+        "the file grew"
+    );
+    store.verify().unwrap();
+}
+
+/// A 40 MiB tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts it; `None` (with a note) where this process may not mount,
+    /// which CI must be able to: there the test fails instead.
+    fn mount() -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallDisk { dir });
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a small tmpfs"
+        );
+        eprintln!("NOT RUN: mounting a tmpfs needs root (CI runs it)");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The full disk: 3 MB values put until the disk is full, three
+/// of them deleted, then `compact()`. It used to fail trying to grow the
+/// file; now it frees the dead extents without growing, gives their
+/// blocks back, and the store takes a new value in the space.
+#[test]
+fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
+    let Some(disk) = SmallDisk::mount() else {
+        return;
+    };
+    let path = disk.dir.path().join("full.kv");
+    let store = Store::open(&path).unwrap();
+    let value = |n: u32| vec![n as u8; 3_000_000];
+    let mut n = 0u32;
+    let err = loop {
+        match store.put(&key(n), &value(n)) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        Error::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{err}"),
+        other => panic!("expected ENOSPC, got {other}"),
+    }
+    assert!(n >= 8, "only {n} values fit");
+    let full = store.stats().unwrap();
+    for i in 0..3 {
+        assert!(store.delete(&key(i)).unwrap());
+    }
+    let report = store.compact().unwrap();
+    let after = store.stats().unwrap();
+    assert!(
+        report.bytes_freed >= 9_000_000,
+        "freed only {} bytes: {report:?}",
+        report.bytes_freed
+    );
+    assert!(
+        after.allocated_bytes + 8_000_000 <= full.allocated_bytes,
+        "disk held {} bytes before, {} after",
+        full.allocated_bytes,
+        after.allocated_bytes
+    );
+    assert!(after.file_bytes <= full.file_bytes, "the file grew");
+    for i in 3..n {
+        assert_eq!(store.get(&key(i)).unwrap(), Some(value(i)), "key {i}");
+    }
+    store.put(b"after", &value(99)).unwrap();
+    store.verify().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.get(b"after").unwrap(), Some(value(99)));
+    assert_eq!(store.stats().unwrap().keys, u64::from(n - 3 + 1));
+}
