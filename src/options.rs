@@ -104,9 +104,13 @@ impl Options {
 
     /// Whether commits reclaim space as they go (default `true`): once
     /// the dead bytes of the log pass the
-    /// [threshold](Self::compact_threshold), each commit also copies up to
-    /// twice its own bytes (at least 64 KiB) of live records out of the
-    /// most wasteful log extent, which is reused once no snapshot needs it.
+    /// [threshold](Self::compact_threshold), each commit also walks and
+    /// copies up to four times its own bytes (at least 1 KiB) of the most
+    /// wasteful log extent, moving its live records to the log's end; the
+    /// extent is reused once no snapshot needs it. A small commit so pays a
+    /// small share; a burst of deletes is reclaimed by the commits after it
+    /// in proportion to their size, or at once by
+    /// [`Store::compact`](crate::Store::compact).
     /// With `false`, space comes back only from
     /// [`Store::compact`](crate::Store::compact).
     ///

@@ -367,6 +367,14 @@ const MIN_HOLE: u64 = 64 << 10;
 /// Automatic compaction waits until sealed extents hold this much.
 const AUTO_COMPACT_MIN: u64 = 2 << 20;
 
+/// An automatic compaction step walks and copies at most this many times
+/// the bytes of the commit it rides in (docs/DESIGN.md, "Compaction"): the
+/// log then shrinks whenever the victim is more than a quarter dead.
+const AUTO_COMPACT_FACTOR: u64 = 4;
+/// ... and at least this much, so that a commit of one small put still
+/// passes a few records.
+const AUTO_COMPACT_FLOOR: u64 = 1 << 10;
+
 /// The one write transaction of the store (across threads and processes).
 ///
 /// Puts and deletes go into the log, beyond the committed tail, where no
@@ -990,7 +998,12 @@ impl<'s> WriteTxn<'s> {
         // slot read, and overlapping those misses is most of the speed.
         let table = self.base.table();
         let (mut ahead, mut lead) = (pos, 0);
-        while step.bytes < budget {
+        // `compact()` (strict) bounds a step by what it copies. A step
+        // inside a user's commit also counts what it walks: each record
+        // passed is a header read and an index probe, and a wholly dead
+        // extent would otherwise be walked to its end in one commit.
+        let mut walked = 0;
+        while step.bytes + if strict { 0 } else { walked } < budget {
             ahead = ahead.max(pos);
             while lead < PREFETCH_AHEAD {
                 // (A next record or an unreadable one: the loop below decides.)
@@ -1058,6 +1071,7 @@ impl<'s> WriteTxn<'s> {
                 }
             }
             pos += rec.size();
+            walked += rec.size();
             self.base.victim_pos = pos;
         }
         Ok(step)
@@ -1210,8 +1224,8 @@ impl<'s> WriteTxn<'s> {
     }
 
     /// Automatic compaction (docs/DESIGN.md, "Compaction"): when dead
-    /// bytes pass the store's threshold, each commit copies up to twice its
-    /// own bytes (at least 64 KiB) out of the deadest extent.
+    /// bytes pass the store's threshold, each commit walks and copies up to
+    /// four times its own bytes (at least 1 KiB) of the deadest extent.
     fn auto_compact(&mut self) -> Result<()> {
         let t = self.w.space.totals();
         let dead = t.sealed_bytes - t.sealed_live;
@@ -1219,7 +1233,7 @@ impl<'s> WriteTxn<'s> {
         let due = t.sealed_bytes >= AUTO_COMPACT_MIN
             && dead as f64 >= self.shared.compact_threshold * t.sealed_bytes as f64;
         if working || due {
-            let budget = (2 * self.bytes).max(64 << 10);
+            let budget = (AUTO_COMPACT_FACTOR * self.bytes).max(AUTO_COMPACT_FLOOR);
             let choose = Choose::Dead(self.shared.compact_threshold);
             self.compact_step(budget, choose, false)?;
         }

@@ -176,6 +176,8 @@ enum Unit {
     PerPut,
     /// A file size, also shown against the raw key + value bytes.
     File,
+    /// A plain ratio (lower is better).
+    Ratio,
 }
 
 fn show(v: f64, unit: Unit, n: usize) -> String {
@@ -192,6 +194,7 @@ fn show(v: f64, unit: Unit, n: usize) -> String {
         Unit::Bytes => format!("{:.1} MiB", v / 1048576.0),
         Unit::PerPut => format!("{v:.0} B ({:.1}× raw)", v / 116.0),
         Unit::File => format!("{:.1} MiB ({:.2}× raw)", v / 1048576.0, v / raw),
+        Unit::Ratio => format!("{v:.2}×"),
     }
 }
 
@@ -260,8 +263,13 @@ fn main() -> Res<()> {
 
     let rows: &[(&str, &str, Unit)] = &[
         (
-            "fillseq: N puts in key order, one commit",
+            "fillseq: N puts in key order, one commit (disk settled by `sync`)",
             "fillseq_ops",
+            Unit::Ops,
+        ),
+        (
+            "fillseq, right after the stores before were deleted (disk busy)",
+            "fillseq_busy_ops",
             Unit::Ops,
         ),
         (
@@ -312,11 +320,45 @@ fn main() -> Res<()> {
         ),
         ("  file after overwrite", "overwrite_file", Unit::File),
         (
-            "delete: N random deletes, commits of 1,000",
+            "delete: N/2 random deletes, commits of 1,000",
             "delete_ops",
             Unit::Ops,
         ),
         ("  file after delete", "delete_file", Unit::Bytes),
+        (
+            "  disk held after delete ÷ live key+value bytes",
+            "delete_alloc_ratio",
+            Unit::Ratio,
+        ),
+        (
+            "churned: 2,000 one-put commits putting deleted keys back",
+            "churn_ops",
+            Unit::Ops,
+        ),
+        ("  commit p50", "churn_p50_us", Unit::Micros),
+        ("  commit p99", "churn_p99_us", Unit::Micros),
+        ("  commit max", "churn_max_us", Unit::Micros),
+        (
+            "  disk bytes written per commit",
+            "churn_wbytes",
+            Unit::PerPut,
+        ),
+        (
+            "  disk held ÷ live, worst sample (every 100 commits)",
+            "churn_alloc_worst",
+            Unit::Ratio,
+        ),
+        (
+            "  disk held ÷ live after 1,000 commits",
+            "churn_alloc_1000",
+            Unit::Ratio,
+        ),
+        (
+            "  disk held ÷ live after 2,000",
+            "churn_alloc_end",
+            Unit::Ratio,
+        ),
+        ("  file ÷ live after 2,000", "churn_file_end", Unit::Ratio),
         (
             "open of the loaded store (+ one get)",
             "open_ms",

@@ -10,6 +10,8 @@ use crate::stats::{percentile, status_bytes, write_bytes, Rng};
 
 pub const BATCH: usize = 1000;
 pub const SYNC_COMMITS: usize = 2000;
+/// One-put durable commits on the churned store (deleted keys put back).
+pub const CHURN_COMMITS: usize = 2000;
 /// Opens timed per figure (the median is printed). 101, not 9: the first
 /// opens of a process are slow (mapkv's first of 9 took ~100 µs, the rest
 /// 15-20), and with 9 the median moved by a quarter from run to run.
@@ -84,6 +86,53 @@ pub fn value(i: u32, round: u8) -> Value {
 
 fn emit(name: &str, value: f64) {
     println!("{name} {value}");
+}
+
+/// Disk the store's files hold (allocated blocks), holes not counted.
+fn alloc_bytes<E: Engine>(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    E::files(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0))
+        .sum()
+}
+
+/// Keys and values of `live` pairs: what any engine must hold.
+fn raw_bytes(live: usize) -> f64 {
+    (live * (16 + 100)) as f64
+}
+
+/// One-put durable commits, `us` filled with each one's latency; emits
+/// `{name}_ops`, p50, p99, max and disk bytes written per commit.
+fn one_put_commits<E: Engine>(
+    name: &str,
+    e: &E,
+    keys: &[u32],
+    round: u8,
+    mut after_each: impl FnMut(usize),
+) -> Res<()> {
+    let before = write_bytes();
+    let mut us = Vec::with_capacity(keys.len());
+    let t = Instant::now();
+    for (c, &i) in keys.iter().enumerate() {
+        let at = Instant::now();
+        e.write(&[i], Some(&|i| value(i, round)))?;
+        us.push(at.elapsed().as_secs_f64() * 1e6);
+        after_each(c);
+    }
+    emit(
+        &format!("{name}_ops"),
+        keys.len() as f64 / t.elapsed().as_secs_f64(),
+    );
+    emit(
+        &format!("{name}_wbytes"),
+        (write_bytes() - before) as f64 / keys.len() as f64,
+    );
+    let max = us.iter().copied().fold(0.0, f64::max);
+    emit(&format!("{name}_p50_us"), percentile(&mut us, 0.5));
+    emit(&format!("{name}_p99_us"), percentile(&mut us, 0.99));
+    emit(&format!("{name}_max_us"), max);
+    Ok(())
 }
 
 fn file_bytes<E: Engine>(dir: &Path) -> u64 {
@@ -221,7 +270,38 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
     let (found, bytes) = e.read(present, &reads[..n.min(1000)])?;
     check("found after overwrite", found, n.min(1000) as u64)?;
     check("bytes after overwrite", bytes, 100 * n.min(1000) as u64)?;
-    batches("delete", &e, &d, &del, None)?;
+    // The store users live with: half the keys deleted at random, then
+    // one-put durable commits that put deleted keys back.
+    let gone = &del[..n / 2];
+    batches("delete", &e, &d, gone, None)?;
+    check("pairs after delete", e.scan()?.0, (n - n / 2) as u64)?;
+    emit(
+        "delete_alloc_ratio",
+        alloc_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2),
+    );
+    let back = &gone[..CHURN_COMMITS.min(gone.len())];
+    let mut worst: f64 = 0.0;
+    let mut at_1000 = 0.0;
+    one_put_commits("churn", &e, back, 5, |c| {
+        if c % 100 == 99 || c + 1 == back.len() {
+            let r = alloc_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2 + c + 1);
+            worst = worst.max(r);
+            if c + 1 == 1000.min(back.len()) {
+                at_1000 = r;
+            }
+        }
+    })?;
+    emit("churn_alloc_worst", worst);
+    emit("churn_alloc_1000", at_1000);
+    emit(
+        "churn_alloc_end",
+        alloc_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2 + back.len()),
+    );
+    emit(
+        "churn_file_end",
+        file_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2 + back.len()),
+    );
+    batches("delete_rest", &e, &d, &del[..], None)?;
     check("pairs after delete", e.scan()?.0, 0)?;
     drop(e);
     std::fs::remove_dir_all(&d)?;
@@ -251,16 +331,23 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
 
     // fillseq: N puts in key order, one durable commit (last: its
     // one huge transaction must not count in the anonymous RSS above).
-    let d = dir.join("fillseq");
-    settle();
-    {
-        let e = E::open(&d)?;
-        let t = Instant::now();
-        e.write(&seq, Some(&|i| value(i, 1)))?;
-        emit("fillseq_ops", n as f64 / t.elapsed().as_secs_f64());
-        emit("fillseq_file", file_bytes::<E>(&d) as f64);
+    // Twice: first right after the stores above were deleted, as on a
+    // disk other programs write to (users' disks are rarely idle), then
+    // settled (`sync` first).
+    for (settled, name) in [(false, "fillseq_busy"), (true, "fillseq")] {
+        let d = dir.join(name);
+        if settled {
+            settle();
+        }
+        {
+            let e = E::open(&d)?;
+            let t = Instant::now();
+            e.write(&seq, Some(&|i| value(i, 1)))?;
+            emit(&format!("{name}_ops"), n as f64 / t.elapsed().as_secs_f64());
+            emit(&format!("{name}_file"), file_bytes::<E>(&d) as f64);
+        }
+        std::fs::remove_dir_all(&d)?;
     }
-    std::fs::remove_dir_all(&d)?;
 
     emit("peak_rss", status_bytes("VmHWM") as f64);
     Ok(())
