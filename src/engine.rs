@@ -554,7 +554,35 @@ impl Shared {
         if shared.offline.is_some() || !shared.backend.shared_writable() {
             shared.lock(LockId::Pin, LockMode::Shared, true)?;
         }
+        if opts.warm_on_open {
+            shared.warm_if_cold();
+        }
         Ok(shared)
+    }
+
+    /// A store opened on a cold page cache (its index's first page is not
+    /// resident: one `mincore`) is read in the background: the index
+    /// tables first, which every get needs, then the whole file if it
+    /// fits in a quarter of the memory available. With `MADV_RANDOM`
+    /// alone each cold get paid two 4 KiB reads from disk, and a cold
+    /// store warmed one page per fault (docs/DESIGN.md, "Cold reads").
+    fn warm_if_cold(&self) {
+        let Ok((st, map)) = self.snapshot() else {
+            return;
+        };
+        let t = st.table();
+        if map.resident(t.off) {
+            return;
+        }
+        let mut ranges: Vec<(u64, u64)> = [Some(t), st.old_table()]
+            .into_iter()
+            .flatten()
+            .map(|t| (t.off, t.bytes()))
+            .collect();
+        if crate::sys::mem_available().is_some_and(|m| st.file_len <= m / 4) {
+            ranges.push((DATA_START, st.file_len.saturating_sub(DATA_START)));
+        }
+        self.backend.warm(ranges);
     }
 
     /// A mapping that covers at least `len` bytes, remapping if the file

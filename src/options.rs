@@ -47,6 +47,7 @@ pub struct Options {
     pub(crate) faults: Faults,
     pub(crate) auto_compact: bool,
     pub(crate) compact_threshold: f64,
+    pub(crate) warm_on_open: bool,
 }
 
 impl Default for Options {
@@ -65,6 +66,7 @@ impl Options {
             faults: Faults::new(),
             auto_compact: true,
             compact_threshold: DEFAULT_COMPACT_THRESHOLD,
+            warm_on_open: true,
         }
     }
 
@@ -123,6 +125,26 @@ impl Options {
     /// ```
     pub fn auto_compact(mut self, on: bool) -> Options {
         self.auto_compact = on;
+        self
+    }
+
+    /// Whether opening a store whose pages are not in memory starts reading
+    /// it in the background (default `true`): the index tables, then the
+    /// whole file if it fits in a quarter of the available memory. Gets
+    /// then mostly find their pages in memory instead of paying two random
+    /// disk reads each (the mapping's `MADV_RANDOM`, which keeps index
+    /// writes small, also turns off readahead for reads). Costs one
+    /// `mincore` on a warm store; a short-lived thread on a cold one.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Options::new()
+    ///     .warm_on_open(false) // a store far larger than memory, read sparsely
+    ///     .open(dir.path().join("data.kv"))?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    pub fn warm_on_open(mut self, yes: bool) -> Options {
+        self.warm_on_open = yes;
         self
     }
 

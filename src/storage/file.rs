@@ -11,6 +11,9 @@ use super::{Backend, LockId, LockMode, Mapping, Owner, Prepare};
 use crate::faults::Faults;
 use crate::sys::{self, LockKind};
 
+/// What one `POSIX_FADV_WILLNEED` asks for (`FileBackend::warm`).
+const WARM_CHUNK: u64 = 2 << 20;
+
 pub(crate) struct FileBackend {
     file: File,
     path: PathBuf,
@@ -205,6 +208,33 @@ impl Backend for FileBackend {
         self.faults.ftruncate()?;
         self.file.set_len(new_len)?;
         self.file.sync_data()
+    }
+
+    fn warm(&self, ranges: Vec<(u64, u64)>) {
+        // A thread of its own: fadvise submits the reads before it returns,
+        // which for a whole store takes long enough to show in an open.
+        let Ok(file) = self.file.try_clone() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("mapkv-warm".into())
+            .spawn(move || {
+                // The kernel reads at most its readahead window (8 MiB
+                // here) per call and ignores the rest: ask in 2 MiB pieces.
+                for (off, len) in ranges {
+                    let end = off.saturating_add(len);
+                    let mut at = off;
+                    while at < end {
+                        let n = (end - at).min(WARM_CHUNK);
+                        if sys::will_need(&file, at, n).is_err() {
+                            return;
+                        }
+                        at += n;
+                    }
+                }
+            });
+        // No thread (resource limits): the store is only colder.
+        drop(spawned);
     }
 
     fn punch(&self, off: u64, len: u64) -> io::Result<()> {

@@ -122,6 +122,10 @@ pub(crate) trait Backend: Send + Sync {
     /// Only called by a handle that holds the store alone, after a
     /// checkpoint that names nothing past `new_len`.
     fn shrink(&self, new_len: u64) -> io::Result<()>;
+    /// Starts reading `ranges` into the page cache in the background (a
+    /// store opened on a cold cache), in order, without blocking the
+    /// caller. A hint: nothing depends on it. The default does nothing.
+    fn warm(&self, _ranges: Vec<(u64, u64)>) {}
     /// Gives the disk blocks of `[off, off + len)` back to the file system
     /// without changing the file's length (`FALLOC_FL_PUNCH_HOLE`): free
     /// space, which no snapshot, no index slot and no recovery reads. It
@@ -246,6 +250,29 @@ impl Mapping {
                 );
             }
         }
+    }
+
+    /// Whether the page holding `off` is in the page cache (`mincore`):
+    /// one system call, no fault, nothing read. `false` outside the map or
+    /// if the call fails.
+    pub(crate) fn resident(&self, off: u64) -> bool {
+        if !self.in_bounds(off, 1) || matches!(self.owner, Owner::Sim { .. }) {
+            return false;
+        }
+        let page = off & !(crate::format::PAGE_SIZE - 1);
+        let mut vec = 0u8;
+        // SAFETY: `page` is page-aligned and inside the mapping (checked
+        // above; the base is page-aligned), so the one-page range is mapped
+        // address space; `vec` has room for the one byte one page needs.
+        // mincore reads no memory of the range and writes only `vec`.
+        let r = unsafe {
+            libc::mincore(
+                self.ptr.as_ptr().add(page as usize) as *mut libc::c_void,
+                crate::format::PAGE_SIZE as usize,
+                &mut vec,
+            )
+        };
+        r == 0 && vec & 1 == 1
     }
 
     /// Address space mapped (at least `len`).

@@ -298,6 +298,12 @@ fn main() -> Res<()> {
         ),
         ("readrandom: 2 threads", "readrandom2_ops", Unit::Ops),
         (
+            "cold: 10,000 random gets after the pages were dropped, per get",
+            "cold_us",
+            Unit::Micros,
+        ),
+        ("  the first 1,000, per get", "cold_first_us", Unit::Micros),
+        (
             "readrandom: each key written byte by byte just before its get",
             "readrandom_bytewise_ops",
             Unit::Ops,

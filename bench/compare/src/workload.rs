@@ -12,6 +12,8 @@ pub const BATCH: usize = 1000;
 pub const SYNC_COMMITS: usize = 2000;
 /// One-put durable commits on the churned store (deleted keys put back).
 pub const CHURN_COMMITS: usize = 2000;
+/// Random gets timed on a cold page cache.
+pub const COLD_GETS: usize = 10_000;
 /// Opens timed per figure (the median is printed). 101, not 9: the first
 /// opens of a process are slow (mapkv's first of 9 took ~100 µs, the rest
 /// 15-20), and with 9 the median moved by a quarter from run to run.
@@ -172,6 +174,40 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
+/// Drops the store's pages from the page cache (written out first), so
+/// the next reads come from the disk: a store opened after a reboot or
+/// after other programs pushed it out of memory.
+fn drop_cache<E: Engine>(dir: &Path) -> Res<()> {
+    use std::os::unix::io::AsRawFd;
+    settle();
+    for p in E::files(dir) {
+        let f = std::fs::File::open(&p)?;
+        // SAFETY: an advice call on an open descriptor; no memory is passed.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if r != 0 {
+            return Err(format!("posix_fadvise {}: error {r}", p.display()).into());
+        }
+    }
+    Ok(())
+}
+
+/// Gets of `COLD_GETS` random keys right after the store's pages were
+/// dropped: µs per get, the first 1,000 and all of them.
+fn cold_gets<E: Engine>(dir: &Path, order: &[u32]) -> Res<()> {
+    drop_cache::<E>(dir)?;
+    let e = E::open(dir)?;
+    let keys = &order[..COLD_GETS.min(order.len())];
+    let t = Instant::now();
+    let (first, _) = e.read(present, &keys[..1000.min(keys.len())])?;
+    let first_us = t.elapsed().as_secs_f64() * 1e6 / 1000.min(keys.len()) as f64;
+    let (rest, _) = e.read(present, &keys[1000.min(keys.len())..])?;
+    let all_us = t.elapsed().as_secs_f64() * 1e6 / keys.len() as f64;
+    check("cold gets found", first + rest, keys.len() as u64)?;
+    emit("cold_first_us", first_us);
+    emit("cold_us", all_us);
+    Ok(())
+}
+
 fn time_open<E: Engine>(dir: &Path) -> Res<(E, f64)> {
     let mut ms = Vec::new();
     let mut last = None;
@@ -215,6 +251,7 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
     let e = E::open(&d)?;
     batches("fillrandom", &e, &d, &fill, Some(1))?;
     drop(e);
+    cold_gets::<E>(&d, &reads2)?;
     let (e, open_ms) = time_open::<E>(&d)?;
     emit("open_ms", open_ms);
 
