@@ -24,6 +24,12 @@ pub trait Engine: Sync + Sized {
     fn scan(&self) -> Res<(u64, u64)>;
     /// The files the store consists of (for their sizes).
     fn files(dir: &Path) -> Vec<PathBuf>;
+    /// Compacts the store online, beside other threads' transactions;
+    /// `false` where the engine cannot (LMDB has no online compaction;
+    /// redb's needs the database to itself).
+    fn compact(&self) -> Res<bool> {
+        Ok(false)
+    }
 }
 
 pub type Value = [u8; 100];
@@ -75,6 +81,11 @@ impl Engine for Mapkv {
 
     fn files(dir: &Path) -> Vec<PathBuf> {
         vec![dir.join("data.kv")]
+    }
+
+    fn compact(&self) -> Res<bool> {
+        self.0.compact()?;
+        Ok(true)
     }
 }
 

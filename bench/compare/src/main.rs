@@ -178,6 +178,8 @@ enum Unit {
     File,
     /// A plain ratio (lower is better).
     Ratio,
+    /// A plain count.
+    Count,
 }
 
 fn show(v: f64, unit: Unit, n: usize) -> String {
@@ -195,6 +197,7 @@ fn show(v: f64, unit: Unit, n: usize) -> String {
         Unit::PerPut => format!("{v:.0} B ({:.1}× raw)", v / 116.0),
         Unit::File => format!("{:.1} MiB ({:.2}× raw)", v / 1048576.0, v / raw),
         Unit::Ratio => format!("{v:.2}×"),
+        Unit::Count => format!("{v:.0}"),
     }
 }
 
@@ -365,6 +368,37 @@ fn main() -> Res<()> {
             Unit::Ratio,
         ),
         ("  file ÷ live after 2,000", "churn_file_end", Unit::Ratio),
+        (
+            "churned, writer alone: one-put overwrites for 3 s",
+            "alone_writer_ops",
+            Unit::Ops,
+        ),
+        ("  commit p99", "alone_writer_p99_us", Unit::Micros),
+        (
+            "churned, reader alone: transactions of 1,000 random gets",
+            "alone_reader_ops",
+            Unit::Ops,
+        ),
+        (
+            "churned, writer beside a reader thread",
+            "beside_writer_ops",
+            Unit::Ops,
+        ),
+        ("  commit p50", "beside_writer_p50_us", Unit::Micros),
+        ("  commit p99", "beside_writer_p99_us", Unit::Micros),
+        (
+            "  the reader beside the writer",
+            "beside_reader_ops",
+            Unit::Ops,
+        ),
+        (
+            "one-put commits while compact() runs (engines that can)",
+            "compacting_commits",
+            Unit::Count,
+        ),
+        ("  commit p50", "compacting_p50_us", Unit::Micros),
+        ("  commit p99", "compacting_p99_us", Unit::Micros),
+        ("  commit max", "compacting_max_us", Unit::Micros),
         (
             "open of the loaded store (+ one get)",
             "open_ms",

@@ -137,6 +137,98 @@ fn one_put_commits<E: Engine>(
     Ok(())
 }
 
+/// How long each side of `beside` runs.
+const BESIDE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One-put durable overwrites of random `live` keys for `BESIDE`:
+/// (commits/s, latencies in µs).
+fn writer_for<E: Engine>(e: &E, live: &[u32], seed: u64) -> Res<(f64, Vec<f64>)> {
+    let mut rng = Rng(seed);
+    let mut us = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < BESIDE {
+        let i = live[(rng.next() % live.len() as u64) as usize];
+        let at = Instant::now();
+        e.write(&[i], Some(&|i| value(i, 6)))?;
+        us.push(at.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((us.len() as f64 / t.elapsed().as_secs_f64(), us))
+}
+
+/// Read transactions of 1,000 random gets of `live` keys until `stop`
+/// (or `BESIDE` when there is no writer): gets/s.
+fn reader_for<E: Engine>(e: &E, live: &[u32], stop: &std::sync::atomic::AtomicBool) -> Res<f64> {
+    use std::sync::atomic::Ordering;
+    let mut rng = Rng(77);
+    let (mut gets, t) = (0u64, Instant::now());
+    let mut batch = vec![0u32; 1000];
+    while !stop.load(Ordering::Relaxed) && t.elapsed() < BESIDE {
+        for b in batch.iter_mut() {
+            *b = live[(rng.next() % live.len() as u64) as usize];
+        }
+        let (found, _) = e.read(present, &batch)?;
+        check("reader beside a writer found", found, batch.len() as u64)?;
+        gets += found;
+    }
+    Ok(gets as f64 / t.elapsed().as_secs_f64())
+}
+
+/// A writer thread beside a reader thread on the churned store, each
+/// also run alone first: both throughputs and the writer's p50/p99.
+fn beside<E: Engine>(e: &E, live: &[u32]) -> Res<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let never = AtomicBool::new(false);
+    let (alone_ops, mut alone_us) = writer_for(e, live, 1)?;
+    emit("alone_writer_ops", alone_ops);
+    emit("alone_writer_p99_us", percentile(&mut alone_us, 0.99));
+    emit("alone_reader_ops", reader_for(e, live, &never)?);
+    let stop = AtomicBool::new(false);
+    let (w, r) = std::thread::scope(|s| {
+        let r = s.spawn(|| reader_for(e, live, &stop));
+        let w = writer_for(e, live, 2);
+        stop.store(true, Ordering::Relaxed);
+        (w, r.join())
+    });
+    let (ops, mut us) = w?;
+    let reader = r.map_err(|_| "reader thread panicked")??;
+    emit("beside_writer_ops", ops);
+    emit("beside_writer_p50_us", percentile(&mut us, 0.5));
+    emit("beside_writer_p99_us", percentile(&mut us, 0.99));
+    emit("beside_reader_ops", reader);
+    Ok(())
+}
+
+/// One-put durable commits while another thread compacts the store
+/// (engines that can): their p50, p99 and max.
+fn while_compacting<E: Engine>(e: &E, live: &[u32]) -> Res<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    let mut us = Vec::new();
+    let compacted = std::thread::scope(|s| -> Res<bool> {
+        let c = s.spawn(|| {
+            let r = e.compact();
+            done.store(true, Ordering::Relaxed);
+            r
+        });
+        let mut rng = Rng(3);
+        while !done.load(Ordering::Relaxed) {
+            let i = live[(rng.next() % live.len() as u64) as usize];
+            let at = Instant::now();
+            e.write(&[i], Some(&|i| value(i, 7)))?;
+            us.push(at.elapsed().as_secs_f64() * 1e6);
+        }
+        c.join().map_err(|_| "compacting thread panicked")?
+    })?;
+    if compacted && !us.is_empty() {
+        let max = us.iter().copied().fold(0.0, f64::max);
+        emit("compacting_commits", us.len() as f64);
+        emit("compacting_p50_us", percentile(&mut us, 0.5));
+        emit("compacting_p99_us", percentile(&mut us, 0.99));
+        emit("compacting_max_us", max);
+    }
+    Ok(())
+}
+
 fn file_bytes<E: Engine>(dir: &Path) -> u64 {
     E::files(dir)
         .iter()
@@ -338,6 +430,8 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
         "churn_file_end",
         file_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2 + back.len()),
     );
+    beside::<E>(&e, &del[n / 2..])?;
+    while_compacting::<E>(&e, &del[n / 2..])?;
     batches("delete_rest", &e, &d, &del[..], None)?;
     check("pairs after delete", e.scan()?.0, 0)?;
     drop(e);
