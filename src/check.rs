@@ -368,7 +368,7 @@ fn drive_session(
 /// simulated disk, checking every
 /// result and the whole visible state after every step, then reopens and
 /// checks the final state once more.
-pub fn run_ops(ops: &[Op], hash_seed: u64) -> Result<(), String> {
+pub fn run_ops(ops: &[Op], hash_seed: u64) -> Result<RunReport, String> {
     let disk = fresh_disk(hash_seed);
     let mut history = History::new();
     drive(ops, &disk, &mut history, true, |_, _, _| {})?;
@@ -382,7 +382,19 @@ pub fn run_ops(ops: &[Op], hash_seed: u64) -> Result<(), String> {
     if !report.is_ok() {
         return Err(format!("verify after final reopen: {report}"));
     }
-    Ok(())
+    Ok(RunReport {
+        commits: history.states.len() as u64 - 1,
+        index_slots: store.stats().map_err(|e| e.to_string())?.index_slots,
+    })
+}
+
+/// What [`run_ops`] did, for tests that must show a run did real work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Commits that took a sequence number (compaction's included).
+    pub commits: u64,
+    /// Slots of the index table at the end (it started at the minimum).
+    pub index_slots: u64,
 }
 
 /// Where a power cut happens.

@@ -80,8 +80,11 @@ fn mutated_store_files_open_or_fail_cleanly() {
             opened += 1;
         }
     }
-    assert_eq!(runs, 300);
     assert!(opened > 0, "no mutation left a usable store");
+    assert!(
+        opened < runs,
+        "no mutation was ever rejected: {runs} all opened"
+    );
 }
 
 #[test]

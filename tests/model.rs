@@ -8,16 +8,18 @@ use mapkv::check::{run_ops, Op};
 
 #[test]
 fn random_operations_match_the_model() {
-    let mut total = 0;
+    let mut commits = 0;
     for seed in 0..40 {
         let mut rng = common::rng(seed);
         let ops = common::random_ops(&mut rng, 150, seed % 4 == 0, true);
-        total += ops.len();
-        if let Err(e) = run_ops(&ops, seed) {
-            panic!("seed {seed}: {e}\nops: {ops:?}");
+        match run_ops(&ops, seed) {
+            Ok(r) => commits += r.commits,
+            Err(e) => panic!("seed {seed}: {e}\nops: {ops:?}"),
         }
     }
-    assert!(total >= 6000);
+    // About a fifth of the operations commit, many of them non-empty: a
+    // harness whose commits stopped landing would check nothing.
+    assert!(commits >= 40 * 10, "only {commits} commits in 40 runs");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 
 use mapkv::{Durability, Options, Store};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 const ACCOUNTS: u32 = 2000;
 const START: u64 = 1000;
@@ -36,6 +36,11 @@ fn total(store: &Store) -> (u64, u64, u64) {
 
 #[test]
 fn every_snapshot_sees_a_constant_total() {
+    let seed: u64 = std::env::var("MAPKV_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    println!("seed {seed} (MAPKV_SEED={seed} replays the writers' choices)");
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Options::new()
@@ -57,7 +62,8 @@ fn every_snapshot_sees_a_constant_total() {
             let (store, stop) = (store.clone(), stop.clone());
             thread::spawn(move || {
                 let (mut checks, mut last_seq) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) || checks < 5 {
+                // Counts only snapshots begun while the writers still ran.
+                while !stop.load(Ordering::Relaxed) {
                     let (sum, iter_sum, seq) = total(&store);
                     assert_eq!(sum, ACCOUNTS as u64 * START, "torn snapshot at seq {seq}");
                     assert_eq!(iter_sum, sum, "iteration disagrees at seq {seq}");
@@ -73,7 +79,8 @@ fn every_snapshot_sees_a_constant_total() {
         .map(|w| {
             let store = store.clone();
             thread::spawn(move || {
-                let mut rng = rand::thread_rng();
+                // Replayable: the seed is printed, MAPKV_SEED sets it.
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + w as u64);
                 for _ in 0..400 {
                     let mut tx = store.begin_write().unwrap();
                     for _ in 0..5 {
@@ -107,7 +114,11 @@ fn every_snapshot_sees_a_constant_total() {
     }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
-        assert!(r.join().unwrap() >= 5);
+        let checks = r.join().unwrap();
+        assert!(
+            checks >= 5,
+            "a reader checked only {checks} snapshots beside the writers"
+        );
     }
     let (sum, _, _) = total(&store);
     assert_eq!(sum, ACCOUNTS as u64 * START);
