@@ -29,7 +29,11 @@ fn a_long_run_crosses_extents_and_grows_the_index() {
     let mut rng = common::rng(4242);
     let mut ops = common::random_ops(&mut rng, 5000, true, true);
     ops.push(Op::Commit);
-    run_ops(&ops, 7).unwrap();
+    let report = run_ops(&ops, 7).unwrap();
+    assert!(
+        report.index_slots > 512, // the first table (format: MIN_INDEX_LOG2 = 9)
+        "the index never grew: {report:?}"
+    );
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Ve
                 90..=92 => Op::Sync,
                 93..=95 if reopen => Op::Reopen,
                 96..=97 => Op::Compact,
+                // 150 more keys: enough of them grow (and, with deletes,
+                // shrink) the index over several commits.
+                98 => Op::Many { base: rng.gen() },
                 _ => Op::Commit,
             }
         })
