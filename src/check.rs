@@ -512,7 +512,9 @@ pub fn count_flushes(ops: &[Op], hash_seed: u64) -> Result<u64, String> {
 }
 
 /// Treats `bytes` as a store file: opening, verifying, reading every key,
-/// iterating and writing must each return `Ok` or an `Err` — never panic.
+/// iterating and writing must each return `Ok` or an `Err` — never panic
+/// — and a put that committed must read back as written (it panics if
+/// not, so the fuzzer reports it).
 /// Returns the error that stopped it, if any (for statistics).
 pub fn open_file(bytes: &[u8]) -> Option<Error> {
     let disk = SimDisk::from_image(bytes, (bytes.len() as u64).max(1 << 20) * 4);
@@ -533,8 +535,18 @@ pub fn open_file(bytes: &[u8]) -> Option<Error> {
     if let Err(e) = store.put(b"fuzz", b"value") {
         return Some(e);
     }
-    let _ = store.get(b"fuzz");
-    let _ = store.delete(b"fuzz");
+    // A put that committed reads back as itself, or the read says what is
+    // damaged: never another value, never absent.
+    match store.get(b"fuzz") {
+        Ok(Some(v)) if v == b"value" => {}
+        Ok(other) => panic!("a committed put reads back as {other:?}"),
+        Err(e) => return Some(e),
+    }
+    match store.delete(b"fuzz") {
+        Ok(true) => {}
+        Ok(false) => panic!("a committed put was not there to delete"),
+        Err(e) => return Some(e),
+    }
     None
 }
 

@@ -198,7 +198,14 @@ pub fn run(
             std::thread::sleep(Duration::from_micros(200).min(delay));
         }
         let _ = child.kill();
-        let _ = child.wait();
+        let status = child
+            .wait()
+            .map_err(|e| format!("round {round}: wait: {e}"))?;
+        // It never stops by itself: anything but our SIGKILL means it
+        // failed (or exited) between the last look and the kill.
+        if std::os::unix::process::ExitStatusExt::signal(&status) != Some(libc::SIGKILL) {
+            return Err(format!("round {round}: child ended by itself: {status}"));
+        }
         let acked = reader.join().map_err(|_| "reader thread panicked")?;
 
         // Reopen (joining `held`'s live state if it is open, else recovering
