@@ -97,6 +97,12 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+// Every mapping reserves at least 64 GiB of address space for growth, and
+// file offsets (u64) are cast to `usize` to index the map: neither works
+// with 32-bit pointers.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("mapkv needs a target with 64-bit pointers (it maps its file with room to grow)");
+
 mod changes;
 pub mod check;
 #[allow(unsafe_code)]

@@ -23,9 +23,12 @@
 //!    checked by CRC, so a copy torn by a concurrent write is rejected, not
 //!    trusted.
 //! 2. **Committed log records** — written once by the writer *before* the
-//!    commit that contains them is published, and never written again while
-//!    the store is open (log space is never reused by this version of the
-//!    format). A reader only reaches a record through an index slot or a
+//!    commit that contains them is published, and not written again while
+//!    any snapshot that can reach them is open: compaction retires an
+//!    extent, and its space is freed (punched) and reused only once every
+//!    snapshot older than the retiring commit has ended, in every process
+//!    (docs/DESIGN.md, "Reclamation rules"; "What frees space or moves what
+//!    the state names: the audit" lists every place that frees space). A reader only reaches a record through an index slot or a
 //!    commit it loaded with `Acquire` ordering after the writer's `Release`
 //!    store, so the bytes are complete and stable for as long as the mapping
 //!    lives. `&[u8]` borrows are handed out only for these bytes, and only
@@ -37,7 +40,11 @@
 //!
 //! Growth never moves bytes under a reader: a grown file is mapped anew and
 //! the old [`Mapping`] stays alive (`Arc`) until the last transaction using
-//! it ends. The file is never truncated while open. What this cannot defend
+//! it ends. The file is cut shorter only by a handle that holds it alone
+//! (no other process maps it), only by free space that no snapshot of this
+//! process can read, and only after a state with the shorter length is
+//! published (`Shared::shrink`): this process's older mappings extend past
+//! the new end, but nothing they can reach lies there. What this cannot defend
 //! against is another program writing the file outside mapkv's protocol; as
 //! with every `mmap` database (LMDB included), that is outside the contract
 //! (see the crate's *Caveats*).
@@ -282,7 +289,8 @@ impl Mapping {
 
     /// Lets the first `len` bytes (at most `reserved`) be accessed. The
     /// caller has checked that the file is at least that long; the file
-    /// never shrinks while another handle maps it.
+    /// never shrinks while another handle maps it, nor below what a
+    /// snapshot of this handle can reach.
     pub(crate) fn extend(&self, len: u64) {
         self.len.fetch_max(len.min(self.reserved), Ordering::AcqRel);
     }
