@@ -9,66 +9,116 @@ use std::collections::{HashMap, HashSet};
 use mapkv::sim::SimDisk;
 use mapkv::{Options, Store};
 
-/// Every value ever committed, per key.
-type Committed = HashMap<Vec<u8>, HashSet<Vec<u8>>>;
+/// Every value ever committed, per key, and each key's last one (`None`:
+/// deleted).
+#[derive(Default)]
+struct Committed {
+    any: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    last: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// The key `exercise` writes into a damaged store.
+const WRITTEN: &[u8] = b"k\x01";
 
 /// A small store (as file bytes) and every value ever committed per key.
 fn small_store() -> (Vec<u8>, Committed) {
     let disk = SimDisk::new(64 << 20);
     let store = Options::new().open_sim(&disk).unwrap();
-    let mut committed = Committed::new();
+    let mut committed = Committed::default();
     for round in 0..3u8 {
         let mut tx = store.begin_write().unwrap();
         for k in 0..12u8 {
             let key = vec![b'k', k];
             let val = vec![round ^ k; 20 + k as usize];
             tx.put(&key, &val).unwrap();
-            committed.entry(key).or_default().insert(val);
+            committed
+                .any
+                .entry(key.clone())
+                .or_default()
+                .insert(val.clone());
+            committed.last.insert(key, Some(val));
         }
         tx.delete(&[b'k', round]).unwrap();
+        committed.last.insert(vec![b'k', round], None);
         tx.commit().unwrap();
     }
     store.close().unwrap();
     (disk.crash_point().live, committed)
 }
 
-/// Exercises a damaged image; returns whether it opened.
-fn exercise(image: &[u8], committed: &Committed) -> bool {
+/// Exercises a damaged image; returns `None` if it did not open, else
+/// whether it verified clean (and so was checked to hold exactly the last
+/// committed state).
+fn exercise(image: &[u8], committed: &Committed) -> Option<bool> {
     let disk = SimDisk::from_image(image, 64 << 20);
     let store = match Options::new().create(false).open_sim(&disk) {
         Ok(s) => s,
         Err(e) => {
             assert!(!e.to_string().is_empty());
-            return false;
+            return None;
         }
     };
-    check_values(&store, committed);
-    let _ = store.verify();
-    let _ = store.stats();
-    // A write either works or fails cleanly; reads stay sound after it.
-    let _ = store.put(b"k\x01", b"new");
-    check_values(&store, committed);
-    true
+    check_values(&store, committed, false);
+    // A store that verifies clean has lost nothing: every key reads its
+    // last committed value, not an older one, and none has vanished. (A
+    // damaged one may refuse reads, never make up a value.)
+    let clean = store.verify().is_ok_and(|r| r.is_ok());
+    if clean {
+        check_exact(&store, committed);
+    }
+    if let Ok(stats) = store.stats() {
+        assert!(
+            stats.keys <= 64,
+            "stats: {} keys in a 12-key store",
+            stats.keys
+        );
+    }
+    // A write either works or fails cleanly; reads stay sound after it,
+    // and a write that committed reads back.
+    let wrote = store.put(WRITTEN, b"new").is_ok();
+    check_values(&store, committed, wrote);
+    Some(clean)
 }
 
-fn check_values(store: &Store, committed: &Committed) {
+/// Every value a read returns was committed for that key (or, once the
+/// `WRITTEN` put committed, is its value).
+fn check_values(store: &Store, committed: &Committed, wrote: bool) {
     let Ok(snap) = store.begin_read() else { return };
-    for (key, values) in committed {
+    let fine = |k: &[u8], v: &[u8]| {
+        committed.any.get(k).is_some_and(|vs| vs.contains(v))
+            || (wrote && k == WRITTEN && v == b"new")
+    };
+    for key in committed.any.keys() {
         if let Ok(Some(v)) = snap.get(key) {
             assert!(
-                values.contains(v) || v == b"new",
+                fine(key, v),
                 "key {key:?} read a value never committed: {v:?}"
             );
         }
     }
-    for (k, v) in snap.iter().flatten() {
-        if let Some(values) = committed.get(k) {
-            assert!(
-                values.contains(v) || v == b"new",
-                "iter: key {k:?} bad value"
-            );
+    if wrote {
+        match snap.get(WRITTEN) {
+            Ok(Some(v)) => assert_eq!(v, b"new", "the put that committed reads back wrong"),
+            Ok(None) => panic!("the put that committed reads back as absent"),
+            Err(_) => {} // damage found on the way: an error is an answer
         }
     }
+    for (k, v) in snap.iter().flatten() {
+        assert!(fine(k, v), "iter: key {k:?} has a value never committed");
+    }
+}
+
+/// The store holds exactly each key's last committed value.
+fn check_exact(store: &Store, committed: &Committed) {
+    let snap = store.begin_read().expect("a verified store reads");
+    for (key, last) in &committed.last {
+        let got = snap
+            .get(key)
+            .unwrap_or_else(|e| panic!("verified store: key {key:?}: {e}"));
+        assert_eq!(got, last.as_deref(), "verified store: key {key:?}");
+    }
+    let live = committed.last.values().filter(|v| v.is_some()).count() as u64;
+    assert_eq!(snap.len(), live, "verified store: key count");
 }
 
 /// Offsets worth flipping: the meta pages, the live header, the log and
@@ -97,16 +147,27 @@ fn flipping_any_byte_gives_ok_or_a_clear_error() {
     let (image, committed) = small_store();
     let offsets = interesting_offsets(&image);
     assert!(offsets.len() > 2000, "only {} offsets", offsets.len());
-    let mut opened = 0;
+    let (mut opened, mut clean) = (0, 0);
     for &off in &offsets {
         let mut bad = image.clone();
         bad[off] ^= 0x5a;
-        if exercise(&bad, &committed) {
+        if let Some(verified) = exercise(&bad, &committed) {
             opened += 1;
+            clean += verified as usize;
         }
     }
-    // Most single flips land in data that open does not read.
-    assert!(opened > offsets.len() / 2);
+    // Most single flips land in data that open does not read; some of
+    // those verify clean (and held exactly the committed state), others
+    // are found by verify.
+    assert!(
+        opened > offsets.len() / 2,
+        "{opened} of {} opened",
+        offsets.len()
+    );
+    assert!(
+        clean > 0 && clean < opened,
+        "{clean} of {opened} verified clean"
+    );
 }
 
 #[test]
