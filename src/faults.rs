@@ -51,6 +51,9 @@ pub enum PausePoint {
     /// reader table scanned, before the old table's space is freed (and
     /// then cut off the file).
     BeforeOldIndexFreed,
+    /// In the thread that reads a cold store into memory after an open
+    /// (`Options::warm_on_open`), before it reads anything.
+    Warming,
 }
 
 #[derive(Debug, Default)]

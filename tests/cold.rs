@@ -88,3 +88,47 @@ fn opening_a_cold_store_reads_it_into_memory_unless_told_not_to() {
         "a warmed store reads as written"
     );
 }
+
+/// The warming thread opens the file anew: with a `dup` of the handle's
+/// descriptor it would keep the handle's OFD locks (they belong to the
+/// open file description) after the handle closed, and another handle
+/// would not be alone, so its `compact()` could not shrink the file.
+#[test]
+fn a_handle_closed_while_its_store_warms_leaves_no_lock_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warm.kv");
+    {
+        let store = Options::new().auto_compact(false).open(&path).unwrap();
+        for round in 0..3u8 {
+            let mut tx = store.begin_write().unwrap();
+            for i in 0..40_000u32 {
+                tx.put(format!("key{i:08}").as_bytes(), &[round; 60])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut tx = store.begin_write().unwrap();
+        for i in 1_000..40_000u32 {
+            tx.delete(format!("key{i:08}").as_bytes()).unwrap();
+        }
+        tx.commit().unwrap();
+        store.close().unwrap();
+    }
+    drop_cache(&path);
+    let faults = mapkv::faults::Faults::new();
+    faults.pause_at(mapkv::faults::PausePoint::Warming);
+    let first = Options::new().faults(faults.clone()).open(&path).unwrap();
+    assert!(
+        faults.wait_paused(Duration::from_secs(20)),
+        "the cold open started no warming"
+    );
+    drop(first);
+    let second = Options::new().auto_compact(false).open(&path).unwrap();
+    let report = second.compact().unwrap();
+    faults.resume();
+    assert!(
+        report.bytes_after < report.bytes_before,
+        "compact() could not shrink: the closed handle still holds the store ({report:?})"
+    );
+    assert_eq!(second.stats().unwrap().keys, 1_000);
+}

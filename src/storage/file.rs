@@ -213,12 +213,18 @@ impl Backend for FileBackend {
     fn warm(&self, ranges: Vec<(u64, u64)>) {
         // A thread of its own: fadvise submits the reads before it returns,
         // which for a whole store takes long enough to show in an open.
-        let Ok(file) = self.file.try_clone() else {
+        // A new open file description, not a `dup` of ours: OFD locks
+        // belong to the description, and a dup would keep this handle's
+        // locks (Open, its reader-table chunks, Pin) alive after it closed,
+        // until the thread ends. The page cache is the file's either way.
+        let Ok(file) = File::open(&self.path) else {
             return;
         };
+        let faults = self.faults.clone();
         let spawned = std::thread::Builder::new()
             .name("mapkv-warm".into())
             .spawn(move || {
+                faults.point(crate::faults::PausePoint::Warming);
                 // The kernel reads at most its readahead window (8 MiB
                 // here) per call and ignores the rest: ask in 2 MiB pieces.
                 for (off, len) in ranges {
