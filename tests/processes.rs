@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mapkv::{Options, Store};
 
@@ -92,29 +92,30 @@ fn a_second_process_is_refused_or_waits_and_nothing_is_lost() {
     assert_eq!(store.get(b"parent-0").unwrap(), Some(b"x".to_vec()));
     assert_eq!(store.get(b"child-0").unwrap(), None);
 
-    // A waiting writer gets the lock once the child commits.
+    // A waiting writer gets the lock once the child commits. It asks while
+    // the child holds the lock (its try is refused, and the child commits
+    // only after that), so its begin_write must wait: no sleep, no clock.
+    let (asked, asking) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let store = Store::open(&db).unwrap();
-        let started = Instant::now();
+        assert!(
+            store.try_begin_write().unwrap().is_none(),
+            "the child's lock was not held"
+        );
+        asked.send(()).unwrap();
         let mut tx = store.begin_write().unwrap();
-        let waited = started.elapsed();
-        // It sees the child's commit: the lock passed after it.
+        // It sees the child's last commit: the lock passed after it.
         assert_eq!(tx.get(b"child-99").unwrap(), Some(&[7u8; 64][..]));
         tx.put(b"parent-1", b"y").unwrap();
         tx.commit().unwrap();
-        waited
     });
-    std::thread::sleep(Duration::from_millis(200));
+    asking.recv().expect("the waiter asked for the lock");
     drop(child.child.stdin.take()); // let the child commit
     let mut line = String::new();
     child.out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "committed");
     assert!(child.child.wait().unwrap().success());
-    let waited = waiter.join().unwrap();
-    assert!(
-        waited >= Duration::from_millis(100),
-        "did not wait: {waited:?}"
-    );
+    waiter.join().unwrap();
 
     let snap = store.begin_read().unwrap();
     assert_eq!(snap.len(), 102);
