@@ -19,13 +19,7 @@ fn key(i: u32) -> Vec<u8> {
 /// Overwrites `keys` keys with `len`-byte values tagged `round`, in
 /// commits of 100.
 fn overwrite(store: &Store, keys: u32, len: usize, round: u8) {
-    for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
-        let mut tx = store.begin_write().unwrap();
-        for &i in chunk {
-            tx.put(&key(i), &vec![round; len]).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    overwrite_in(store, keys, len, round, 100);
 }
 
 #[test]
