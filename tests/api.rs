@@ -74,6 +74,8 @@ fn read_only_works_on_a_file_without_write_permission() {
     let ro = Options::new().read_only(true).open(&path).unwrap();
     assert_eq!(ro.get(b"k").unwrap(), Some(b"v".to_vec()));
     // Root ignores permission bits; only check the refusal when it applies.
+    // (As root, CI checks it in tests/multiprocess.rs's child run as
+    // `nobody`.)
     if std::fs::OpenOptions::new().write(true).open(&path).is_err() {
         match Store::open(&path) {
             Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("perm.kv"), "{e}"),
