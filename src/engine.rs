@@ -1959,17 +1959,11 @@ impl Shared {
     /// while other processes map the file (docs/DESIGN.md, "Holes").
     /// Returns the bytes freed.
     fn free_retired(&self, w: &mut Writer, upto: u64) -> u64 {
-        let ranges: Vec<(u64, u64)> = w
-            .space
-            .list
-            .iter()
-            .filter(|e| matches!(e.use_, Use::Retired { seq } if seq <= upto))
-            .map(|e| (e.off, e.len))
-            .collect();
-        let freed = w.space.release(upto);
-        for (off, len) in ranges {
+        let mut freed = 0;
+        for (off, len) in w.space.release(upto) {
             // A hint: blocks not given back only cost disk space.
             let _ = self.backend.punch(off, len);
+            freed += len;
         }
         freed
     }

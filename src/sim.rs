@@ -347,8 +347,8 @@ impl Backend for SimHandle {
         // The page cache reads zeros at once; the disk may keep the old
         // bytes until a flush, and either is fine: nobody reads free space.
         let st = self.shared.state();
-        let end = (off + len).min(st.len);
-        for w in &self.shared.buf[off.div_ceil(8) as usize..(end / 8) as usize] {
+        let (from, to) = (off.div_ceil(8), (off + len).min(st.len) / 8);
+        for w in &self.shared.buf[from.min(to) as usize..to as usize] {
             w.store(0, Ordering::Release);
         }
         Ok(())

@@ -182,19 +182,20 @@ impl Space {
         }
     }
 
-    /// Frees every range retired by a commit `<= upto`; returns the bytes.
-    pub fn release(&mut self, upto: u64) -> u64 {
-        let mut n = 0;
+    /// Frees every range retired by a commit `<= upto`; returns them as
+    /// `(off, len)`, as they were before joining their free neighbours.
+    pub fn release(&mut self, upto: u64) -> Vec<(u64, u64)> {
+        let mut freed = Vec::new();
         for e in &mut self.list {
             if matches!(e.use_, Use::Retired { seq } if seq <= upto) {
                 e.use_ = Use::Free;
-                n += e.len;
+                freed.push((e.off, e.len));
             }
         }
-        if n > 0 {
+        if !freed.is_empty() {
             self.coalesce();
         }
-        n
+        freed
     }
 
     /// The oldest retirement still waiting, if any.
@@ -453,8 +454,8 @@ mod tests {
         assert_eq!(r.list.len(), 2);
         assert_eq!((r.list[1].off, r.list[1].len), (base + 2 * M, M));
         s.insert(base + M, M, Use::Retired { seq: 7 });
-        assert_eq!(s.release(6), 0);
-        assert_eq!(s.release(7), M);
+        assert_eq!(s.release(6), vec![]);
+        assert_eq!(s.release(7), vec![(base + M, M)]);
         // base+M..base+4M is one free range again.
         assert_eq!(s.list.len(), 2);
         assert_eq!(s.list[1].len, 3 * M);

@@ -258,24 +258,16 @@ impl Store {
                 // Durable at the checkpoint that ends compaction; a crash
                 // before it loses copies, never data.
                 tx.set_durability(Durability::Eventual);
-                let step = match tx.compact_step(COMPACT_STEP, choose, true) {
-                    Ok(step) => step,
+                let tried = tx
+                    .compact_step(COMPACT_STEP, choose, true)
+                    .and_then(|step| Ok((step, !step.active && relocate && tx.jump_down()?)));
+                let (step, jumped) = match tried {
+                    Ok(done) => done,
                     Err(e) => {
                         drop(tx);
                         disk_full(e)?;
                         break;
                     }
-                };
-                let jumped = match !step.active && relocate {
-                    false => false,
-                    true => match tx.jump_down() {
-                        Ok(j) => j,
-                        Err(e) => {
-                            drop(tx);
-                            disk_full(e)?;
-                            break;
-                        }
-                    },
                 };
                 if !step.active && !jumped {
                     drop(tx);

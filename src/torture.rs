@@ -262,7 +262,7 @@ pub fn run(
             return Err(format!("round {round}: verify after kill: {verify}"));
         }
         report.rounds += 1;
-        report.acknowledged += acked.map_or(0, |(i, _)| i + 1);
+        report.acknowledged += acked_n;
         report.unacknowledged_survivors += survivor;
         report.compactions += acked_n / COMPACT_EVERY;
     }
