@@ -13,8 +13,8 @@ use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::live::State;
-use crate::log::{self, Record};
-use crate::storage::Mapping;
+use crate::log::{self, ExtentRules, Record};
+use crate::storage::{Fence, Mapping};
 
 /// The changes of the commits after some seq, up to a snapshot; see
 /// [`ReadTxn::changes_since`](crate::ReadTxn::changes_since). Each item is
@@ -23,6 +23,9 @@ use crate::storage::Mapping;
 pub struct Changes<'t> {
     shared: &'t Shared,
     map: &'t Mapping,
+    /// Where the snapshot's log may lie: a next record naming anything
+    /// else is corrupt, and nothing outside it is borrowed.
+    rules: ExtentRules,
     /// Commits still to list, oldest first: (seq, first record, records).
     commits: vec::IntoIter<(u64, u64, u64)>,
     /// The current commit's changes, in order.
@@ -33,7 +36,13 @@ pub struct Changes<'t> {
 
 /// One commit found walking back: its seq, its first record and how many
 /// records it has (next records included).
-fn commit_before(shared: &Shared, map: &Mapping, end: u64, seq: u64) -> Result<(u64, u64)> {
+fn commit_before(
+    shared: &Shared,
+    map: &Mapping,
+    fence: &Fence,
+    end: u64,
+    seq: u64,
+) -> Result<(u64, u64)> {
     let at = end
         .checked_sub(COMMIT_RECORD_SIZE)
         .filter(|&a| a >= DATA_START);
@@ -44,7 +53,7 @@ fn commit_before(shared: &Shared, map: &Mapping, end: u64, seq: u64) -> Result<(
             format!("no commit record before {end} for commit {seq}"),
         ));
     };
-    let rec = log::read_record(map, at, end)
+    let rec = log::read_record(map, fence, at, end)
         .map_err(|e| bad(at, format!("commit record of commit {seq}: {e}")))?;
     let body = rec
         .commit_body(map)
@@ -77,8 +86,9 @@ impl<'t> Changes<'t> {
         }
         let mut commits = Vec::new();
         let (mut seq, mut end) = (st.seq, st.tail);
+        let fence = st.fence();
         while seq > from {
-            let (start, n) = commit_before(shared, map, end, seq)?;
+            let (start, n) = commit_before(shared, map, &fence, end, seq)?;
             commits.push((seq, start, n));
             end = start;
             seq -= 1;
@@ -87,6 +97,10 @@ impl<'t> Changes<'t> {
         Ok(Changes {
             shared,
             map,
+            rules: ExtentRules {
+                file_len: st.file_len.min(map.len()),
+                fence,
+            },
             commits: commits.into_iter(),
             current: Vec::new().into_iter(),
             seq: 0,
@@ -101,9 +115,10 @@ impl<'t> Changes<'t> {
         let mut order: Vec<Record> = Vec::new();
         let mut last: HashMap<&[u8], usize> = HashMap::new();
         let mut pos = start;
+        let fence = &self.rules.fence;
         // One more than the records it has: the commit record itself.
         for _ in 0..=n_records {
-            let rec = log::read_record(map, pos, map.len()).map_err(|e| {
+            let rec = log::read_record(map, fence, pos, map.len()).map_err(|e| {
                 self.shared
                     .corrupted(pos, format!("record of commit {seq}: {e}"))
             })?;
@@ -116,7 +131,16 @@ impl<'t> Changes<'t> {
             match rec.kind {
                 KIND_COMMIT => return Ok(order),
                 KIND_NEXT => {
-                    pos = rec.next_body(map).map_or(0, |b| b.offset.get());
+                    let next = rec.next_body(map).map(|b| (b.offset.get(), b.len.get()));
+                    pos = match next {
+                        Some((off, len)) if self.rules.allows(off, len) => off,
+                        _ => {
+                            return Err(self.shared.corrupted(
+                                pos,
+                                format!("next record of commit {seq} names no valid extent"),
+                            ))
+                        }
+                    };
                     continue;
                 }
                 // Compaction's copies and retirements change no value.

@@ -512,9 +512,9 @@ pub fn count_flushes(ops: &[Op], hash_seed: u64) -> Result<u64, String> {
 }
 
 /// Treats `bytes` as a store file: opening, verifying, reading every key,
-/// iterating and writing must each return `Ok` or an `Err` — never panic
-/// — and a put that committed must read back as written (it panics if
-/// not, so the fuzzer reports it).
+/// iterating, listing changes and writing must each return `Ok` or an
+/// `Err` — never panic — and a put that committed must read back as
+/// written (it panics if not, so the fuzzer reports it).
 /// Returns the error that stopped it, if any (for statistics).
 pub fn open_file(bytes: &[u8]) -> Option<Error> {
     let disk = SimDisk::from_image(bytes, (bytes.len() as u64).max(1 << 20) * 4);
@@ -530,6 +530,11 @@ pub fn open_file(bytes: &[u8]) -> Option<Error> {
         }
         for item in snap.iter().take(10_000) {
             let _ = item;
+        }
+        if let Ok(changes) = snap.changes_since(snap.seq().saturating_sub(20)) {
+            for item in changes.take(10_000) {
+                let _ = item;
+            }
         }
     }
     if let Err(e) = store.put(b"fuzz", b"value") {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use crate::format::*;
 use crate::log::{self, Invalid, Record};
-use crate::storage::Mapping;
+use crate::storage::{Fence, Mapping, Span};
 
 /// Grow the table before it is fuller than this (numerator / 8).
 pub(crate) const MAX_LOAD_EIGHTHS: u64 = 6;
@@ -41,12 +41,20 @@ pub(crate) trait Records {
     fn key_is(&self, rec: &Record, key: &[u8]) -> bool;
 }
 
-impl Records for Mapping {
+/// Records read from one mapping, behind the fence of the state whose
+/// slots name them (the writer's records; a snapshot's are
+/// `engine::SnapshotRecords`).
+pub(crate) struct Fenced<'m> {
+    pub map: &'m Mapping,
+    pub fence: Fence,
+}
+
+impl Records for Fenced<'_> {
     fn header(&self, off: u64) -> Result<Record, Invalid> {
-        log::read_header(self, off, self.len())
+        log::read_header(self.map, &self.fence, off, self.map.len())
     }
     fn key_is(&self, rec: &Record, key: &[u8]) -> bool {
-        rec.key_len == key.len() && rec.key(self) == key
+        rec.key_len == key.len() && rec.key(self.map) == key
     }
 }
 
@@ -65,10 +73,10 @@ pub(crate) enum Quick<'m> {
 /// The value of the record at `off` if it is the common case (see
 /// [`Table::quick_lookup`]).
 #[inline]
-fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'m> {
+fn quick_record<'m>(map: &'m Mapping, fence: &Fence, off: u64, key: &[u8], seq: u64) -> Quick<'m> {
     // The header's fields are read straight from the map (not copied into
     // a `RecordHeader` first), so each check waits only for its bytes.
-    let Some(head) = map.bytes(off, HEADER_SIZE as u64) else {
+    let Some(head) = Span::new(off, HEADER_SIZE as u64, fence).and_then(|s| map.bytes(s)) else {
         return Quick::Checked;
     };
     let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or_default());
@@ -86,8 +94,8 @@ fn quick_record<'m>(map: &'m Mapping, off: u64, key: &[u8], seq: u64) -> Quick<'
     // a borrow past the record could reach log the writer is writing.
     let len = HEADER_SIZE + key.len() + val_len;
     // The padding too: the checked path wants the whole record inside.
-    let Some(rec) = map
-        .bytes(off, align_record(len as u64))
+    let Some(rec) = Span::new(off, align_record(len as u64), fence)
+        .and_then(|s| map.bytes(s))
         .and_then(|r| r.get(..len))
     else {
         return Quick::Checked;
@@ -214,7 +222,14 @@ impl Table {
     /// [`Quick::Checked`]: the checked path then answers or names what is
     /// corrupt. So it never answers differently from that path.
     #[inline]
-    pub fn quick_lookup<'m>(&self, map: &'m Mapping, hash: u64, key: &[u8], seq: u64) -> Quick<'m> {
+    pub fn quick_lookup<'m>(
+        &self,
+        map: &'m Mapping,
+        fence: &Fence,
+        hash: u64,
+        key: &[u8],
+        seq: u64,
+    ) -> Quick<'m> {
         let mask = self.cap() - 1;
         let mut i = slot_home(hash, self.log2);
         for _ in 0..self.cap() {
@@ -223,7 +238,7 @@ impl Table {
                 return Quick::Vacant;
             }
             if slot_matches(v, hash) {
-                return quick_record(map, slot_offset(v), key, seq);
+                return quick_record(map, fence, slot_offset(v), key, seq);
             }
             i = (i + 1) & mask;
         }

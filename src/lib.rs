@@ -111,6 +111,8 @@ mod engine;
 mod error;
 pub mod faults;
 mod format;
+#[cfg(test)]
+mod hostile;
 mod index;
 mod inspect;
 mod live;

@@ -11,11 +11,15 @@
 //! for a commit, whatever order the pages reached the disk in.
 
 use crate::format::*;
-use crate::storage::Mapping;
+use crate::storage::{Fence, Mapping, Span};
 
-/// A record whose lengths and checksum have been verified.
+/// A record whose kind and lengths have been checked (and its checksum,
+/// where the reader asked for it: [`check_crc`], [`read_record`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Record {
+    /// The whole record, checked against a [`Fence`]: its key and value
+    /// are borrowed as parts of it.
+    pub span: Span,
     pub off: u64,
     pub kind: u8,
     pub seq: u64,
@@ -36,23 +40,41 @@ impl Record {
     pub fn val_off(&self) -> u64 {
         self.key_off() + self.key_len as u64
     }
+    /// The key's bytes; empty if they lie outside the record's span or
+    /// the map (never for a record read through [`read_header`]).
     pub fn key<'m>(&self, map: &'m Mapping) -> &'m [u8] {
-        map.bytes(self.key_off(), self.key_len as u64)
+        self.part(map, self.key_off(), self.key_len as u64)
+    }
+    /// The value's bytes; empty as [`key`](Self::key) is.
+    pub fn value<'m>(&self, map: &'m Mapping) -> &'m [u8] {
+        self.part(map, self.val_off(), self.val_len as u64)
+    }
+    fn part<'m>(&self, map: &'m Mapping, off: u64, len: u64) -> &'m [u8] {
+        self.span
+            .part(off, len)
+            .and_then(|span| map.bytes(span))
             .unwrap_or(&[])
     }
-    pub fn value<'m>(&self, map: &'m Mapping) -> &'m [u8] {
-        map.bytes(self.val_off(), self.val_len as u64)
-            .unwrap_or(&[])
+    /// The body of a commit, next, retire or index record; `None` if its
+    /// kind differs or it has not the body's size.
+    fn body<T: bytemuck::AnyBitPattern>(&self, map: &Mapping, kind: u8) -> Option<T> {
+        let v = self.value(map);
+        (self.kind == kind && v.len() == std::mem::size_of::<T>())
+            .then(|| bytemuck::pod_read_unaligned(v))
     }
     pub fn commit_body(&self, map: &Mapping) -> Option<CommitBody> {
-        (self.kind == KIND_COMMIT).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+        self.body(map, KIND_COMMIT)
     }
     pub fn next_body(&self, map: &Mapping) -> Option<NextBody> {
-        (self.kind == KIND_NEXT).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+        self.body(map, KIND_NEXT)
     }
     /// The extent a retire record names.
     pub fn retire_body(&self, map: &Mapping) -> Option<NextBody> {
-        (self.kind == KIND_RETIRE).then(|| bytemuck::pod_read_unaligned(self.value(map)))
+        self.body(map, KIND_RETIRE)
+    }
+    /// The body of an index record (a `NextBody`: log2 and the finish flag).
+    pub fn index_body(&self, map: &Mapping) -> Option<NextBody> {
+        self.body(map, KIND_INDEX)
     }
     /// A copy compaction made (the key's value did not change).
     pub fn moved(&self) -> bool {
@@ -67,6 +89,9 @@ pub(crate) enum Invalid {
     BadKind(u8),
     BadLengths,
     BadChecksum,
+    /// The offset lies outside the log area: in the fixed pages or an
+    /// index table.
+    Fenced,
     /// The file grew past this process's mapping and remapping failed.
     Unmapped,
 }
@@ -78,35 +103,40 @@ impl std::fmt::Display for Invalid {
             Invalid::BadKind(k) => write!(f, "unknown record kind {k}"),
             Invalid::BadLengths => write!(f, "record lengths do not fit its kind"),
             Invalid::BadChecksum => write!(f, "record checksum mismatch"),
+            Invalid::Fenced => write!(f, "record offset lies in the fixed pages or an index table"),
             Invalid::Unmapped => write!(f, "record lies past the mapping and remapping failed"),
         }
     }
 }
 
 /// Reads the header at `off` and checks kind, lengths and bounds (the record
-/// must end by `end`), but not the checksum.
-pub(crate) fn read_header(map: &Mapping, off: u64, end: u64) -> Result<Record, Invalid> {
+/// must end by `end`, and lie where `fence` admits log), but not the
+/// checksum. `off` may come from the file: nothing is borrowed before the
+/// fence admitted it.
+pub(crate) fn read_header(
+    map: &Mapping,
+    fence: &Fence,
+    off: u64,
+    end: u64,
+) -> Result<Record, Invalid> {
     let end = end.min(map.len());
     if off % RECORD_ALIGN != 0 || off.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > end) {
         return Err(Invalid::OutOfBounds);
     }
-    let bytes = map
-        .bytes(off, HEADER_SIZE as u64)
-        .ok_or(Invalid::OutOfBounds)?;
-    parse_header(bytes, off, end)
-}
-
-/// The header in `bytes` (at least `HEADER_SIZE` of them), of a record at
-/// `off` that must end by `end`; checked as [`read_header`] does.
-pub(crate) fn parse_header(bytes: &[u8], off: u64, end: u64) -> Result<Record, Invalid> {
-    let bytes = bytes.get(..HEADER_SIZE).ok_or(Invalid::OutOfBounds)?;
+    let head = Span::new(off, HEADER_SIZE as u64, fence).ok_or(Invalid::Fenced)?;
+    let bytes = map.bytes(head).ok_or(Invalid::OutOfBounds)?;
     let h: RecordHeader = bytemuck::pod_read_unaligned(bytes);
     let val_len = h.val_len.get() as usize;
     let (key_len, lengths_ok) = h.lengths().ok_or(Invalid::BadKind(h.kind))?;
     if !lengths_ok {
         return Err(Invalid::BadLengths);
     }
+    let size = record_size(key_len, val_len);
+    if off + size > end {
+        return Err(Invalid::OutOfBounds);
+    }
     let rec = Record {
+        span: Span::new(off, size, fence).ok_or(Invalid::Fenced)?,
         off,
         kind: h.kind,
         seq: h.seq.get(),
@@ -116,16 +146,17 @@ pub(crate) fn parse_header(bytes: &[u8], off: u64, end: u64) -> Result<Record, I
         crc: h.crc.get(),
         flags: h.flags,
     };
-    if off + rec.size() > end {
-        return Err(Invalid::OutOfBounds);
-    }
     Ok(rec)
 }
 
 /// Checks a record's checksum.
 pub(crate) fn check_crc(map: &Mapping, rec: &Record) -> Result<(), Invalid> {
     let len = (HEADER_SIZE + rec.key_len + rec.val_len) as u64;
-    let bytes = map.bytes(rec.off, len).ok_or(Invalid::OutOfBounds)?;
+    let bytes = rec
+        .span
+        .part(rec.off, len)
+        .and_then(|span| map.bytes(span))
+        .ok_or(Invalid::OutOfBounds)?;
     if record_crc_contiguous(bytes) == rec.crc {
         Ok(())
     } else {
@@ -134,8 +165,13 @@ pub(crate) fn check_crc(map: &Mapping, rec: &Record) -> Result<(), Invalid> {
 }
 
 /// Reads and fully verifies the record at `off`.
-pub(crate) fn read_record(map: &Mapping, off: u64, end: u64) -> Result<Record, Invalid> {
-    let rec = read_header(map, off, end)?;
+pub(crate) fn read_record(
+    map: &Mapping,
+    fence: &Fence,
+    off: u64,
+    end: u64,
+) -> Result<Record, Invalid> {
+    let rec = read_header(map, fence, off, end)?;
     check_crc(map, &rec)?;
     Ok(rec)
 }
@@ -177,12 +213,19 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, h: &RecordHeader, key: &[u8], val
 /// record or the tail was committed.)
 pub(crate) struct ExtentRecords<'m> {
     map: &'m Mapping,
+    fence: Fence,
     pos: u64,
     stop: u64,
     end: u64,
 }
 
-pub(crate) fn extent_records(map: &Mapping, off: u64, end: u64, tail: u64) -> ExtentRecords<'_> {
+pub(crate) fn extent_records(
+    map: &Mapping,
+    fence: Fence,
+    off: u64,
+    end: u64,
+    tail: u64,
+) -> ExtentRecords<'_> {
     let stop = if (off..end).contains(&tail) {
         tail
     } else {
@@ -190,6 +233,7 @@ pub(crate) fn extent_records(map: &Mapping, off: u64, end: u64, tail: u64) -> Ex
     };
     ExtentRecords {
         map,
+        fence,
         pos: off,
         stop,
         end,
@@ -204,7 +248,7 @@ impl Iterator for ExtentRecords<'_> {
             return None;
         }
         let at = self.pos;
-        match read_record(self.map, at, self.end) {
+        match read_record(self.map, &self.fence, at, self.end) {
             Err(why) => {
                 self.pos = self.stop;
                 Some(Err((at, why)))
@@ -255,26 +299,19 @@ pub(crate) struct IndexMove {
     pub finish: bool,
 }
 
-/// Which extents a next record may name: inside the file, after the fixed
-/// pages, and not over the index tables in use.
+/// Which extents a next record may name: whole pages inside the file, after
+/// the fixed pages, and not over the index tables in use (`fence`).
 pub(crate) struct ExtentRules {
     pub file_len: u64,
-    pub forbidden: [(u64, u64); 2],
+    pub fence: Fence,
 }
 
 impl ExtentRules {
-    fn allows(&self, off: u64, len: u64) -> bool {
-        let Some(end) = off.checked_add(len) else {
-            return false;
-        };
-        off >= DATA_START
+    pub(crate) fn allows(&self, off: u64, len: u64) -> bool {
+        self.fence.admits(off, len)
             && off % PAGE_SIZE == 0
             && len >= PAGE_SIZE
-            && end <= self.file_len
-            && self
-                .forbidden
-                .iter()
-                .all(|&(fa, fb)| end <= fa || off >= fb)
+            && off + len <= self.file_len
     }
 }
 
@@ -296,7 +333,7 @@ pub(crate) fn scan_commit(
     let mut retired = Vec::new();
     let mut index = None;
     loop {
-        let rec = read_header(map, cur.pos, cur.end).ok()?;
+        let rec = read_header(map, &rules.fence, cur.pos, cur.end).ok()?;
         // Cheap rejection of stale bytes before the checksum.
         if rec.seq != seq {
             return None;
@@ -325,7 +362,7 @@ pub(crate) fn scan_commit(
                 extents.push((off, len));
             }
             KIND_INDEX => {
-                let body: NextBody = bytemuck::pod_read_unaligned(rec.value(map));
+                let body = rec.index_body(map)?;
                 let log2 = u32::try_from(body.offset.get()).ok()?;
                 let finish_only = log2 == 0 && body.len.get() == 1;
                 let valid = finish_only || (MIN_INDEX_LOG2..=40).contains(&log2);

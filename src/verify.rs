@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::engine::{pick_meta, Shared};
 use crate::format::*;
-use crate::index::Probe;
+use crate::index::{Fenced, Probe};
 use crate::live::State;
 use crate::log;
 use crate::space::{Space, Use};
@@ -79,7 +79,12 @@ pub struct Stats {
 }
 
 pub(crate) fn stats(st: &State, space: &Space) -> Stats {
-    let slots = 1u64 << st.index_log2;
+    // Saturating: a caller may pass a state it has not validated (a
+    // damaged file's); figures from it are wrong, never a panic.
+    let slots = u32::try_from(st.index_log2)
+        .ok()
+        .and_then(|l| 1u64.checked_shl(l))
+        .unwrap_or(u64::MAX);
     let t = space.totals();
     let in_use: u64 = space
         .list
@@ -87,7 +92,7 @@ pub(crate) fn stats(st: &State, space: &Space) -> Stats {
         .filter(|e| matches!(e.use_, Use::Log { .. }))
         .map(|e| e.len)
         .sum::<u64>()
-        .saturating_sub(st.tail_end - st.tail);
+        .saturating_sub(st.tail_end.saturating_sub(st.tail));
     Stats {
         seq: st.seq,
         keys: st.key_count,
@@ -105,7 +110,9 @@ pub(crate) fn stats(st: &State, space: &Space) -> Stats {
         reclaimed_total: st.retired_total,
         moved_total: st.moved_total,
         history_from: st.history_seq,
-        index_moving: st.old_table().map_or(0, |o| o.cap() - st.migrate_next),
+        index_moving: st
+            .old_table()
+            .map_or(0, |o| o.cap().saturating_sub(st.migrate_next)),
         space_amplification: if st.live_bytes == 0 {
             0.0
         } else {
@@ -216,7 +223,7 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
         };
         live += l;
         let holds_tail = (e.off..e.end()).contains(&st.tail);
-        for item in log::extent_records(map, e.off, e.end(), st.tail) {
+        for item in log::extent_records(map, st.fence(), e.off, e.end(), st.tail) {
             let rec = match item {
                 Ok(rec) if rec.seq <= st.seq => rec,
                 Ok(rec) => {
@@ -261,6 +268,8 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
     // the index moves, a key of the old table counts if the new one does
     // not have it.
     let tables = [Some(st.table()), st.old_table()];
+    let fence = st.fence();
+    let recs = Fenced { map, fence };
     for (n, table) in tables.into_iter().flatten().enumerate() {
         for i in 0..table.cap() {
             let v = table.load(map, i);
@@ -276,7 +285,7 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
                 );
                 continue;
             }
-            let head = match shared.header(map, target, "index slot target") {
+            let head = match shared.header(map, &fence, target, "index slot target") {
                 Ok(h) => h,
                 Err(e) => {
                     push(slot_off, e.to_string());
@@ -289,7 +298,7 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
                 push(slot_off, "index slot tag does not match its key".into());
                 continue;
             }
-            match table.probe(map, map, hash, key) {
+            match table.probe(map, &recs, hash, key) {
                 Ok(Probe::Found { slot, .. }) if slot == i => {}
                 Ok(_) => push(
                     slot_off,
@@ -299,13 +308,13 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
             }
             if n == 1
                 && matches!(
-                    st.table().probe(map, map, hash, key),
+                    st.table().probe(map, &recs, hash, key),
                     Ok(Probe::Found { .. })
                 )
             {
                 continue; // listed from the new table
             }
-            match shared.resolve(map, map, head, st.seq, key) {
+            match shared.resolve(&recs, map, head, st.seq, key) {
                 Ok(Some(_)) => r.keys += 1,
                 Ok(None) => {}
                 Err(e) => push(slot_off, e.to_string()),

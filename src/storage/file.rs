@@ -172,7 +172,9 @@ impl Backend for FileBackend {
             // fault after writeback cost ~9 µs a page). The kernel's
             // writeback, or the first checkpoint after the move, converts
             // the extents in large runs.
-            crate::storage::write_zeros(map, off, len);
+            // SAFETY: `Backend::prepare`'s contract: free space past every
+            // allocation, under the writer lock.
+            unsafe { crate::storage::write_zeros(map, off, len) };
             return Ok(());
         }
         // The log's: with `pwrite` (see `write`), a page at a time, so each
@@ -197,7 +199,9 @@ impl Backend for FileBackend {
     fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
         match sys::zero_range(&self.file, off, len) {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                crate::storage::write_zeros(map, off, len);
+                // SAFETY: `Backend::zero_range`'s contract: a table no
+                // state names yet, under the writer lock.
+                unsafe { crate::storage::write_zeros(map, off, len) };
                 Ok(())
             }
             r => r,

@@ -38,6 +38,12 @@
 //!    its own uncommitted records and for recovery). Nobody else forms a
 //!    reference to these bytes.
 //!
+//! The boundary is in the types: [`Mapping::bytes`] borrows only a
+//! [`Span`], which is made only for a range its [`Fence`] admits (at or
+//! past `DATA_START`, outside the state's index tables), so no offset read
+//! from the file is borrowed unchecked; writing through the map
+//! ([`Mapping::write`], [`write_zeros`]) is `unsafe`.
+//!
 //! Growth never moves bytes under a reader: a grown file is mapped anew and
 //! the old [`Mapping`] stays alive (`Arc`) until the last transaction using
 //! it ends. The file is cut shorter only by a handle that holds it alone
@@ -56,6 +62,8 @@ use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::format::DATA_START;
 
 /// Which advisory lock (see `docs/DESIGN.md`, "Locks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,9 +129,14 @@ pub(crate) trait Backend: Send + Sync {
     /// "Preparing ahead"). May do less than `len`; nothing depends on it
     /// for correctness. `use_` says whether the space is meant for the log
     /// or for an index table.
+    ///
+    /// Callers hold the writer lock, and `[off, off + len)` is free space
+    /// past every allocation: no snapshot reaches it and nothing borrows it.
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()>;
     /// Makes `[off, off + len)` (inside the file) read as zeros, cheaply
     /// where the file system can; durable with the next flush of the map.
+    /// Callers hold the writer lock, and the range is an index table no
+    /// published state names yet: nothing reads or borrows it.
     fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()>;
     /// Cuts the file to `new_len` bytes and makes the length durable.
     /// Only called by a handle that holds the store alone, after a
@@ -147,6 +160,9 @@ pub(crate) trait Backend: Send + Sync {
     /// Bytes of disk the file holds (`st_blocks × 512`): less than its
     /// length where free space was punched.
     fn allocated_bytes(&self) -> io::Result<u64>;
+    /// Writes `data` at `off` (`pwrite` for a file). Callers hold the
+    /// writer lock, and the range is their own uncommitted log (rule 3):
+    /// no snapshot reaches it and nothing borrows it.
     fn write(&self, map: &Mapping, off: u64, data: &[u8]) -> io::Result<()>;
     /// Starts writing `[off, off + len)` out without waiting, so that a
     /// later flush of it finds less to do. A hint: nothing depends on it.
@@ -206,6 +222,63 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above; `&Mapping` only exposes atomics, reads of immutable
 // bytes, and writes that the writer lock makes exclusive.
 unsafe impl Sync for Mapping {}
+
+/// The ranges of the file that no borrow of mapped bytes may cover: the
+/// fixed pages below `DATA_START` (meta pages, live header, reader table,
+/// extent tables) and the index tables a state names, whose slots are
+/// stored atomically while others read (rule 1). Offsets read from the
+/// file are checked against it before anything is borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fence {
+    tables: [(u64, u64); 2],
+}
+
+impl Fence {
+    /// A fence around `tables` (`(offset, length)`; a length of 0 is none).
+    pub(crate) fn new(tables: [(u64, u64); 2]) -> Fence {
+        Fence {
+            tables: tables.map(|(off, len)| (off, off.saturating_add(len))),
+        }
+    }
+
+    /// Whether `[off, off + len)` lies in the data area and outside every
+    /// table.
+    #[inline]
+    pub(crate) fn admits(&self, off: u64, len: u64) -> bool {
+        let Some(end) = off.checked_add(len) else {
+            return false;
+        };
+        off >= DATA_START
+            && self
+                .tables
+                .iter()
+                .all(|&(start, stop)| end <= start || off >= stop)
+    }
+}
+
+/// A range of log bytes that passed a [`Fence`]: the only way to borrow
+/// mapped bytes ([`Mapping::bytes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    off: u64,
+    len: u64,
+}
+
+impl Span {
+    /// `[off, off + len)` if `fence` admits it.
+    #[inline]
+    pub(crate) fn new(off: u64, len: u64, fence: &Fence) -> Option<Span> {
+        fence.admits(off, len).then_some(Span { off, len })
+    }
+
+    /// The part `[off, off + len)` of this span, if it lies inside it (no
+    /// new check needed: the span was checked whole).
+    #[inline]
+    pub(crate) fn part(self, off: u64, len: u64) -> Option<Span> {
+        let end = off.checked_add(len)?;
+        (off >= self.off && end <= self.off + self.len).then_some(Span { off, len })
+    }
+}
 
 impl Mapping {
     /// # Safety
@@ -299,19 +372,22 @@ impl Mapping {
         off.checked_add(len).is_some_and(|end| end <= self.len())
     }
 
-    /// The bytes `[off, off + len)`, or `None` if they are outside the map.
-    ///
-    /// The caller promises the range is immutable while the borrow lives:
-    /// a committed log record (rule 2), or uncommitted log that only the
-    /// calling writer writes and that it does not write while borrowed
-    /// (rule 3; the `&mut self` receivers of `WriteTxn` enforce that).
-    pub(crate) fn bytes(&self, off: u64, len: u64) -> Option<&[u8]> {
+    /// The bytes of `span`, or `None` if they are outside the map. A
+    /// [`Span`] is only made for a range that passed its [`Fence`]: in the
+    /// data area and outside every index table the caller's state names,
+    /// so the borrow never covers a shared word (rule 1).
+    pub(crate) fn bytes(&self, span: Span) -> Option<&[u8]> {
+        let Span { off, len } = span;
         if !self.in_bounds(off, len) {
             return None;
         }
         // SAFETY: the range is inside the mapping (checked above), which
-        // lives as long as `self`; the caller guarantees nobody writes it
-        // while the returned borrow lives (module docs, rules 2 and 3).
+        // lives as long as `self`. It lies at or past `DATA_START` and
+        // outside the index tables of the state it was checked against
+        // (`Span::new`), so no atomic word of this process's writer or
+        // readers lies in it; callers borrow only committed records (rule
+        // 2) or their own uncommitted log (rule 3), which nobody writes
+        // while the borrow lives.
         Some(unsafe {
             std::slice::from_raw_parts(self.ptr.as_ptr().add(off as usize), len as usize)
         })
@@ -381,15 +457,21 @@ impl Mapping {
 
     /// Writes log bytes beyond the published tail (rule 3). Panics when out
     /// of bounds: the writer sizes the map before writing.
-    pub(crate) fn write(&self, off: u64, data: &[u8]) {
+    ///
+    /// # Safety
+    /// The caller holds the writer lock and `[off, off + data.len())` is
+    /// uncommitted log of its own: no snapshot can reach it and no borrow
+    /// of it ([`Mapping::bytes`]) is alive.
+    pub(crate) unsafe fn write(&self, off: u64, data: &[u8]) {
         assert!(self.writable, "write into a read-only mapping");
         assert!(
             self.in_bounds(off, data.len() as u64),
             "write at {off} outside the map"
         );
+        assert!(off >= DATA_START, "log write at {off}, below the data area");
         // SAFETY: in bounds (checked); the mapping is writable; the range is
         // uncommitted log that only the writer-lock holder touches and no
-        // borrow of it is alive (rule 3).
+        // borrow of it is alive (the caller's contract, rule 3).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -459,12 +541,17 @@ impl Mapping {
 
 /// Writes zeros over `[off, off + len)` through the map: space the writer
 /// just allocated (rule 3: nobody else can see it yet).
-pub(crate) fn write_zeros(map: &Mapping, off: u64, len: u64) {
+///
+/// # Safety
+/// As [`Mapping::write`]: the caller holds the writer lock and nothing
+/// reads or borrows the range (free space, or a table no state names yet).
+pub(crate) unsafe fn write_zeros(map: &Mapping, off: u64, len: u64) {
     let zeros = vec![0u8; len.min(1 << 20) as usize];
     let mut p = off;
     while p < off + len {
         let n = (off + len - p).min(zeros.len() as u64);
-        map.write(p, &zeros[..n as usize]);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { map.write(p, &zeros[..n as usize]) };
         p += n;
     }
 }

@@ -1,0 +1,233 @@
+//! Compaction steps: emptying an extent by copying its live records to the tail.
+
+use super::WriteTxn;
+use crate::engine::{extent_size, PREFETCH_AHEAD};
+use crate::error::Result;
+use crate::format::*;
+use crate::index::Fenced;
+use crate::log;
+use crate::space::Use;
+
+/// How compaction picks the extent to empty.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Choose {
+    /// The sealed extent with the most dead bytes, at least this fraction.
+    Dead(f64),
+    /// The highest sealed extent above free space that could hold a log
+    /// extent (moving live data down, so the end of the file can go).
+    Relocate,
+}
+
+/// What one compaction step did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Step {
+    pub bytes: u64,
+    pub records: u64,
+    /// An extent was being emptied (false: nothing to do).
+    pub active: bool,
+}
+
+/// Automatic compaction waits until sealed extents hold this much.
+const AUTO_COMPACT_MIN: u64 = 2 << 20;
+
+/// An automatic compaction step walks and copies at most this many times
+/// the bytes of the commit it rides in (docs/DESIGN.md, "Compaction"): the
+/// log then shrinks whenever the victim is more than a quarter dead.
+const AUTO_COMPACT_FACTOR: u64 = 4;
+
+/// ... and at least this much, so that a commit of one small put still
+/// passes a few records.
+const AUTO_COMPACT_FLOOR: u64 = 1 << 10;
+
+impl<'s> WriteTxn<'s> {
+    /// One step of compaction, inside this transaction: copies up to
+    /// `budget` bytes of the records that are the newest version of their
+    /// key out of the extent being emptied (choosing the sealed extent
+    /// with the most dead bytes, at least `min_dead` of it, if none is),
+    /// and retires the extent once all are copied. A key this transaction
+    /// wrote is not copied (its new record supersedes). Returns the bytes
+    /// copied and whether an extent was being emptied at all.
+    ///
+    /// A record that does not read back ends the step with an error
+    /// (`strict`), or takes the extent out of the candidates.
+    pub(crate) fn compact_step(
+        &mut self,
+        budget: u64,
+        choose: Choose,
+        strict: bool,
+    ) -> Result<Step> {
+        let mut step = Step::default();
+        self.prepare_index()?;
+        if self.base.old_index_log2 != 0 && self.index_move.is_none() && strict {
+            // `compact()` does not wait for the move: this commit ends it.
+            let finish = log::IndexMove {
+                log2: 0,
+                finish: true,
+            };
+            self.log_index_move(finish, 0)?;
+            step.active = true;
+            return Ok(step);
+        }
+        if self.index_move.is_some() {
+            // This commit starts a move (a grown or, after mass deletes, a
+            // cleaner table). `compact()` commits it and finishes the move
+            // with its next step; dropping it instead made `compact()` stop
+            // at once, with nothing compacted, on every store whose deletes
+            // call for a cleaner table.
+            step.active = strict;
+            return Ok(step);
+        }
+        if self.base.old_index_log2 != 0 {
+            return Ok(step); // not while the index moves (DESIGN.md)
+        }
+        let seq = self.seq();
+        if self.base.victim_off == 0 {
+            let chosen = match choose {
+                Choose::Dead(min_dead) => self.w.space.victim(min_dead, seq),
+                Choose::Relocate => self
+                    .w
+                    .space
+                    .relocation_victim(seq, extent_size(&self.base, 0)),
+            };
+            let Some(e) = chosen else {
+                return Ok(step);
+            };
+            self.base.victim_off = e.off;
+            self.base.victim_pos = e.off;
+        }
+        let victim = self.base.victim_off;
+        let e = match self.w.space.find(victim).map(|i| self.w.space.list[i]) {
+            Some(e) if e.off == victim && matches!(e.use_, Use::Log { sealed: true, .. }) => e,
+            _ => {
+                self.base.victim_off = 0;
+                return Ok(step);
+            }
+        };
+        step.active = true;
+        let map = self.map.clone();
+        let mut pos = self.base.victim_pos.clamp(e.off, e.end());
+        let mut buf = Vec::new();
+        // The index slots of the next few records are prefetched (`lead`
+        // records from `pos` to `ahead`): each record's check is a random
+        // slot read, and overlapping those misses is most of the speed.
+        let table = self.base.table();
+        let fence = self.base.fence();
+        let (mut ahead, mut lead) = (pos, 0);
+        // `compact()` (strict) bounds a step by what it copies. A step
+        // inside a user's commit also counts what it walks: each record
+        // passed is a header read and an index probe, and a wholly dead
+        // extent would otherwise be walked to its end in one commit.
+        let mut walked = 0;
+        while step.bytes + if strict { 0 } else { walked } < budget {
+            ahead = ahead.max(pos);
+            while lead < PREFETCH_AHEAD {
+                // (A next record or an unreadable one: the loop below decides.)
+                let Ok(r) = log::read_header(&map, &fence, ahead, e.end()) else {
+                    break;
+                };
+                if r.kind == KIND_NEXT {
+                    break;
+                }
+                if matches!(r.kind, KIND_PUT | KIND_DELETE) {
+                    table.prefetch(&map, hash_key(self.shared.seed, r.key(&map)));
+                }
+                ahead += r.size();
+                lead += 1;
+            }
+            lead = lead.saturating_sub(1);
+            let rec = match log::read_record(&map, &fence, pos, e.end()) {
+                Ok(r) if r.seq < seq => r,
+                Ok(_) | Err(_) => {
+                    let e2 = self
+                        .shared
+                        .corrupted(pos, "compaction: unreadable record in a sealed log extent");
+                    if strict {
+                        return Err(e2);
+                    }
+                    // Leave the extent alone from now on; verify reports it.
+                    if let Some(Use::Log { sealed, .. }) = self
+                        .space_mut()
+                        .find(victim)
+                        .map(|i| &mut self.w.space.list[i].use_)
+                    {
+                        *sealed = false;
+                    }
+                    self.base.victim_off = 0;
+                    return Ok(step);
+                }
+            };
+            if rec.kind == KIND_NEXT {
+                let body = NextBody {
+                    offset: Le64::new(e.off),
+                    len: Le64::new(e.len),
+                };
+                let at = self.reserve(NEXT_RECORD_SIZE)?;
+                self.write_body_record(at, KIND_RETIRE, bytemuck::bytes_of(&body))?;
+                self.retired.push((e.off, e.len));
+                return Ok(step);
+            }
+            if matches!(rec.kind, KIND_PUT | KIND_DELETE) {
+                let key = rec.key(&map);
+                let hash = hash_key(self.shared.seed, key);
+                let newest = self.pending_of(hash, key).is_none()
+                    && self
+                        .shared
+                        .head(&map, &Fenced { map: &map, fence }, &self.base, key)?
+                        .is_some_and(|h| h.off == rec.off);
+                if newest {
+                    buf.clear();
+                    buf.extend_from_slice(key);
+                    buf.extend_from_slice(rec.value(&map));
+                    let (k, v) = buf.split_at(rec.key_len);
+                    self.append_flags(rec.kind, FLAG_MOVED, hash, rec.off, k, v)?;
+                    step.bytes += rec.size();
+                    step.records += 1;
+                    self.moved += rec.size();
+                }
+            }
+            pos += rec.size();
+            walked += rec.size();
+            self.base.victim_pos = pos;
+        }
+        Ok(step)
+    }
+
+    /// Moves the log on to the lowest free range that can hold a log
+    /// extent, if that lies below the extent the log is in (compaction,
+    /// so the extent it leaves can be relocated). Returns whether it did.
+    pub(crate) fn jump_down(&mut self) -> Result<bool> {
+        let len = extent_size(&self.base, 0);
+        let tail_extent = self
+            .w
+            .space
+            .find(self.cur.pos)
+            .map_or(0, |i| self.w.space.list[i].off);
+        let lower = self
+            .w
+            .space
+            .lowest_free(len)
+            .is_some_and(|e| e.off < tail_extent);
+        if !lower {
+            return Ok(false);
+        }
+        self.next_extent(len)?;
+        Ok(true)
+    }
+
+    /// Automatic compaction (docs/DESIGN.md, "Compaction"): when dead
+    /// bytes pass the store's threshold, each commit walks and copies up to
+    /// four times its own bytes (at least 1 KiB) of the deadest extent.
+    pub(super) fn auto_compact(&mut self) -> Result<()> {
+        let t = self.w.space.totals();
+        let dead = t.sealed_bytes - t.sealed_live;
+        let working = self.base.victim_off != 0;
+        let due = t.sealed_bytes >= AUTO_COMPACT_MIN
+            && dead as f64 >= self.shared.compact_threshold * t.sealed_bytes as f64;
+        if working || due {
+            let budget = (AUTO_COMPACT_FACTOR * self.bytes).max(AUTO_COMPACT_FLOOR);
+            let choose = Choose::Dead(self.shared.compact_threshold);
+            self.compact_step(budget, choose, false)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,363 @@
+//! Read transactions: snapshot reads and iteration.
+
+use super::check_key;
+use crate::changes::Changes;
+use crate::engine::{Shared, SnapshotRecords, PREFETCH_AHEAD};
+use crate::error::Result;
+use crate::format::*;
+use crate::index::Records;
+use crate::live::State;
+use crate::readers::Slot;
+use crate::storage::Mapping;
+use std::sync::Arc;
+
+/// A snapshot: one committed state of the store, for as long as it lives.
+///
+/// Reads take no lock and make no system call; [`get`](Self::get) returns a
+/// slice of the mapped file itself (no copy, no allocation), valid while the
+/// transaction lives. Commits made after
+/// [`Store::begin_read`](crate::Store::begin_read) — by this process or
+/// any other — are not visible; begin a new `ReadTxn` to see them.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+/// store.put(b"a", b"1")?;
+/// let snap = store.begin_read()?;
+/// store.put(b"a", b"2")?;
+/// assert_eq!(snap.get(b"a")?, Some(&b"1"[..])); // still the old state
+/// assert_eq!(store.begin_read()?.get(b"a")?, Some(&b"2"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ReadTxn<'s> {
+    shared: &'s Shared,
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) st: State,
+    /// Its entry in the reader table (none for a handle that cannot
+    /// register; it holds the pin lock instead).
+    slot: Option<Slot>,
+}
+
+impl Drop for ReadTxn<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.shared.end_snapshot(slot);
+        }
+    }
+}
+
+impl<'s> ReadTxn<'s> {
+    pub(crate) fn new(shared: &'s Shared) -> Result<ReadTxn<'s>> {
+        let (st, map, slot) = shared.begin_snapshot()?;
+        Ok(ReadTxn {
+            shared,
+            map,
+            st,
+            slot,
+        })
+    }
+
+    /// The value of `key` in this snapshot, borrowed from the mapped file.
+    ///
+    /// # Errors
+    /// `EmptyKey`/`KeyTooLarge` for an invalid key; `Corrupted` if the
+    /// index or the record fails its checks (the record's CRC is verified
+    /// on every read).
+    pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+        check_key(key)?;
+        self.shared.lookup(&self.map, &self.st, key)
+    }
+
+    /// Whether `key` has a value in this snapshot.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Number of keys in this snapshot.
+    pub fn len(&self) -> u64 {
+        self.st.key_count
+    }
+
+    /// Whether this snapshot has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.st.key_count == 0
+    }
+
+    /// The sequence number of the commit this snapshot shows (0: the empty
+    /// store before any commit).
+    pub fn seq(&self) -> u64 {
+        self.st.seq
+    }
+
+    /// What the commits after `seq`, up to this snapshot's, changed: one
+    /// `(seq, key, Some(value))` per key a commit put and `(seq, key, None)`
+    /// per key it deleted, commits in order, and within a commit each key
+    /// once (its final write) in the order it was first written. Borrowed
+    /// from the mapped file, like [`get`](Self::get). Empty when `seq` is
+    /// not older than this snapshot.
+    ///
+    /// Built for following a store: remember the last seq seen, wait with
+    /// [`Store::wait_for_commit`](crate::Store::wait_for_commit), then list
+    /// the changes since.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// let seen = store.begin_read()?.seq();
+    /// store.put(b"a", b"1")?;
+    /// store.delete(b"a")?;
+    /// let snap = store.begin_read()?;
+    /// let changes = snap.changes_since(seen)?.collect::<Result<Vec<_>, _>>()?;
+    /// assert_eq!(
+    ///     changes,
+    ///     vec![(seen + 1, &b"a"[..], Some(&b"1"[..])), (seen + 2, &b"a"[..], None)]
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `HistoryReclaimed` if the log no longer holds those commits;
+    /// `Corrupted` if a commit or record on the way fails its checks (the
+    /// iterator yields that error and stops).
+    pub fn changes_since(&self, seq: u64) -> Result<Changes<'_>> {
+        Changes::new(self.shared, &self.map, &self.st, seq)
+    }
+
+    /// Every key and value of the snapshot, in no particular order.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"x", b"1")?;
+    /// store.put(b"y", b"2")?;
+    /// let snap = store.begin_read()?;
+    /// let mut all = snap.iter().collect::<Result<Vec<_>, _>>()?;
+    /// all.sort();
+    /// assert_eq!(all, vec![(&b"x"[..], &b"1"[..]), (&b"y"[..], &b"2"[..])]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            txn: self,
+            slot: 0,
+            old: false,
+        }
+    }
+
+    /// The entry whose newest record is at `head_off`, as this snapshot
+    /// sees it. From the old table of a moving index (`old`), only a key
+    /// the new table does not have (else it was listed from there).
+    fn entry<'m>(
+        &self,
+        map: &'m Mapping,
+        head_off: u64,
+        old: bool,
+    ) -> Result<Option<(&'m [u8], &'m [u8])>> {
+        let recs = SnapshotRecords {
+            shared: self.shared,
+            base: map,
+            fence: self.st.fence(),
+        };
+        let head = recs.header(head_off).map_err(|e| {
+            self.shared
+                .corrupted(head_off, format!("index slot target: {e}"))
+        })?;
+        // The head may lie past this snapshot's mapping (the file grew).
+        let key = recs.key(&head).ok_or_else(|| {
+            self.shared.corrupted(
+                head.off,
+                "record lies past the mapping and remapping failed",
+            )
+        })?;
+        if old {
+            let hash = hash_key(self.shared.seed, &key);
+            if let crate::index::Probe::Found { .. } = self
+                .st
+                .table()
+                .probe(map, &recs, hash, &key)
+                .map_err(|b| self.shared.bad_slot(b))?
+            {
+                return Ok(None);
+            }
+        }
+        Ok(self
+            .shared
+            .resolve(&recs, map, head, self.st.seq, &key)?
+            .map(|r| (r.key(map), r.value(map))))
+    }
+}
+
+/// Iterator over a snapshot's entries; see [`ReadTxn::iter`]. A damaged
+/// entry yields an `Err` and iteration goes on with the next one.
+pub struct Iter<'t> {
+    txn: &'t ReadTxn<'t>,
+    slot: u64,
+    /// Walking the old table of an index that is moving (keys not yet in
+    /// the new one).
+    old: bool,
+}
+
+impl<'t> Iterator for Iter<'t> {
+    type Item = Result<(&'t [u8], &'t [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let txn = self.txn;
+        let map = &*txn.map;
+        loop {
+            let table = if self.old {
+                txn.st.old_table()?
+            } else {
+                txn.st.table()
+            };
+            while self.slot < table.cap() {
+                // The record of a slot a little ahead: slots are read in
+                // order, their records are scattered, so overlap the misses.
+                table.prefetch_record(map, self.slot + 2 * PREFETCH_AHEAD as u64);
+                let v = table.load(map, self.slot);
+                self.slot += 1;
+                if v == SLOT_EMPTY {
+                    continue;
+                }
+                let found = txn.entry(map, slot_offset(v), self.old);
+                match found {
+                    Ok(Some(kv)) => return Some(Ok(kv)),
+                    Ok(None) => continue,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            if self.old {
+                return None;
+            }
+            self.old = true;
+            self.slot = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::format::hash_key;
+    use crate::index::Quick;
+    use crate::Store;
+
+    use super::ReadTxn;
+
+    /// How `Table::quick_lookup` answered a snapshot's reads.
+    #[derive(Default, Debug)]
+    struct Answers {
+        value: u64,
+        deleted: u64,
+        vacant: u64,
+        checked: u64,
+    }
+
+    /// Reads `keys` through the quick path and through the checked one,
+    /// and fails on any answer of the quick path that the checked path
+    /// does not give.
+    fn compare(r: &ReadTxn, keys: impl Iterator<Item = Vec<u8>>) -> Answers {
+        let mut a = Answers::default();
+        for key in keys {
+            let hash = hash_key(r.shared.seed, &key);
+            let quick =
+                r.st.table()
+                    .quick_lookup(&r.map, &r.st.fence(), hash, &key, r.st.seq);
+            let checked = r.shared.lookup_checked(&r.map, &r.st, &key).unwrap();
+            assert_eq!(r.get(&key).unwrap(), checked, "get of {key:?}");
+            match quick {
+                Quick::Value(v) => {
+                    a.value += 1;
+                    assert_eq!(checked, Some(v), "quick value of {key:?}");
+                }
+                Quick::Deleted => {
+                    a.deleted += 1;
+                    assert_eq!(checked, None, "quick delete of {key:?}");
+                }
+                Quick::Vacant => {
+                    a.vacant += 1;
+                    if r.st.old_table().is_none() {
+                        assert_eq!(checked, None, "quick vacancy of {key:?}");
+                    }
+                }
+                Quick::Checked => a.checked += 1,
+            }
+        }
+        a
+    }
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("key-{i:06}").into_bytes()
+    }
+
+    #[test]
+    fn the_quick_lookup_answers_the_common_case_as_the_checked_path_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("q.kv")).unwrap();
+        const N: u32 = 24_000;
+        let mut moving = 0;
+        for c in 0..N / 1000 {
+            let mut w = s.begin_write().unwrap();
+            for i in c * 1000..(c + 1) * 1000 {
+                w.put(&key(i), &i.to_le_bytes()).unwrap();
+            }
+            w.commit().unwrap();
+            let r = s.begin_read().unwrap();
+            // Present keys, absent ones past them; while the index moves,
+            // a vacancy in the new table is not an answer.
+            let a = compare(&r, (0..(c + 1) * 1000 + 500).map(key));
+            // A slot of another key with the same 24-bit tag (the seed is
+            // random) sends a lookup to the checked path: rarely.
+            assert!(a.checked <= 2, "{a:?}");
+            if r.st.old_table().is_some() {
+                // Keys not moved yet are vacant in the new table.
+                moving += 1;
+                assert!(a.value > 0 && a.vacant > 500, "{a:?}");
+            } else {
+                let present = u64::from((c + 1) * 1000);
+                assert!(a.value + a.checked >= present, "{a:?}");
+                assert!(a.vacant + a.checked >= 500, "{a:?}");
+            }
+        }
+        assert!(moving > 0, "no snapshot saw the index move");
+
+        // Overwrite the even keys, delete every third, under a snapshot.
+        let before = s.begin_read().unwrap();
+        let mut w = s.begin_write().unwrap();
+        for i in (0..N).step_by(2) {
+            w.put(&key(i), b"new").unwrap();
+        }
+        for i in (0..N).step_by(3) {
+            w.delete(&key(i)).unwrap();
+        }
+        w.commit().unwrap();
+
+        let r = s.begin_read().unwrap();
+        let a = compare(&r, (0..N).map(key));
+        assert!(a.checked <= 2, "{a:?}");
+        assert!(a.deleted + a.checked >= u64::from(N.div_ceil(3)), "{a:?}");
+        assert_eq!(a.value + a.deleted + a.checked, u64::from(N), "{a:?}");
+
+        // The snapshot from before: a changed key's head is too new for
+        // it, and only the checked path walks to the older version.
+        let a = compare(&before, (0..N).map(key));
+        assert!(a.checked >= u64::from(N / 2), "{a:?}");
+        assert_eq!(before.get(&key(0)).unwrap(), Some(&0u32.to_le_bytes()[..]));
+        assert_eq!(r.get(&key(0)).unwrap(), None);
+        assert_eq!(r.get(&key(2)).unwrap(), Some(&b"new"[..]));
+
+        // Keys on both sides of the short-key copy (16 bytes), and a
+        // long one.
+        let long = |len: usize| -> Vec<u8> { (0..len).map(|j| (j * 7 + len) as u8).collect() };
+        let lens = (1..=40).chain([1000]);
+        let mut w = s.begin_write().unwrap();
+        for len in lens.clone() {
+            w.put(&long(len), &len.to_le_bytes()).unwrap();
+        }
+        w.commit().unwrap();
+        let r = s.begin_read().unwrap();
+        let a = compare(&r, lens.clone().map(long));
+        assert!(a.value + a.checked == 41 && a.checked <= 2, "{a:?}");
+        for len in lens {
+            assert_eq!(r.get(&long(len)).unwrap(), Some(&len.to_le_bytes()[..]));
+        }
+    }
+}
