@@ -37,7 +37,7 @@ fn child(db: &str) {
     let mut x = std::process::id() as u64 | 1;
     // Touch every page once so both configurations start warm.
     for i in (0..N).step_by(97) {
-        black_box(snap.get(&key(i)).unwrap());
+        black_box(snap.get(key(i)).unwrap());
     }
     println!("ready");
     std::io::stdout().flush().unwrap();
@@ -51,7 +51,7 @@ fn child(db: &str) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let v = snap.get(&key(x % N)).unwrap();
+            let v = snap.get(key(x % N)).unwrap();
             debug_assert!(v.is_some());
             black_box(v);
         }
@@ -114,7 +114,7 @@ fn main() {
         for chunk in (0..N).collect::<Vec<_>>().chunks(100_000) {
             let mut tx = store.begin_write().unwrap();
             for &i in chunk {
-                tx.put(&key(i), &[i as u8; 100]).unwrap();
+                tx.put(key(i), [i as u8; 100]).unwrap();
             }
             tx.commit().unwrap();
         }

@@ -70,7 +70,7 @@ fn overwrite(dir: &std::path::Path) {
     while i < keys {
         let mut tx = store.begin_write().unwrap();
         for k in i..(i + 1_000).min(keys) {
-            tx.put(&key(k), &value).unwrap();
+            tx.put(key(k), value).unwrap();
         }
         tx.commit().unwrap();
         i += 1_000;
@@ -82,7 +82,7 @@ fn overwrite(dir: &std::path::Path) {
     for c in 0..puts / 100 {
         let mut tx = store.begin_write().unwrap();
         for _ in 0..100 {
-            tx.put(&key(rng.below(keys)), &value).unwrap();
+            tx.put(key(rng.below(keys)), value).unwrap();
         }
         tx.commit().unwrap();
         if c % 100 == 99 {
@@ -137,7 +137,7 @@ fn bulk(dir: &std::path::Path) {
         let mut tx = store.begin_write().unwrap();
         let tb = t.elapsed();
         for k in i..(i + 1_000).min(n) {
-            tx.put(&key(k), &value).unwrap();
+            tx.put(key(k), value).unwrap();
         }
         let tp = t.elapsed();
         tx.commit().unwrap();
@@ -235,7 +235,7 @@ fn read_for(store: &Store, n: u64, stop: &AtomicBool, limit: Option<u64>) -> (u6
     while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| done < l) {
         let snap = store.begin_read().unwrap();
         for _ in 0..1_000 {
-            black_box(snap.get(&key(rng.below(n))).unwrap());
+            black_box(snap.get(key(rng.below(n))).unwrap());
         }
         done += 1_000;
     }
@@ -246,7 +246,7 @@ fn read_for(store: &Store, n: u64, stop: &AtomicBool, limit: Option<u64>) -> (u6
 fn warm(store: &Store, n: u64) {
     let snap = store.begin_read().unwrap();
     for k in (0..n).step_by(31) {
-        black_box(snap.get(&key(k)).unwrap());
+        black_box(snap.get(key(k)).unwrap());
     }
 }
 
@@ -259,7 +259,7 @@ fn reads(dir: &std::path::Path) {
         while i < n {
             let mut tx = store.begin_write().unwrap();
             for k in i..(i + 10_000).min(n) {
-                tx.put(&key(k), &[round; 100]).unwrap();
+                tx.put(key(k), [round; 100]).unwrap();
             }
             tx.commit().unwrap();
             i += 10_000;

@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::path::Path;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mapkv::{Durability, Options, Store};
 
 const N: u64 = 1_000_000;
@@ -21,7 +21,7 @@ fn fill(path: &Path, n: u64) -> Store {
     for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
         let mut tx = store.begin_write().unwrap();
         for &i in chunk {
-            tx.put(&key(i), &[i as u8; 100]).unwrap();
+            tx.put(key(i), [i as u8; 100]).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -41,19 +41,48 @@ fn reads(c: &mut Criterion) {
     c.bench_function("get_hit_1m", |b| {
         b.iter(|| {
             i += 1;
-            black_box(snap.get(&key(spread(i, N))).unwrap());
+            black_box(snap.get(key(spread(i, N))).unwrap());
         })
     });
     c.bench_function("get_miss_1m", |b| {
         b.iter(|| {
             i += 1;
-            black_box(snap.get(&key(N + spread(i, N))).unwrap());
+            black_box(snap.get(key(N + spread(i, N))).unwrap());
         })
     });
     c.bench_function("begin_read_drop", |b| {
         b.iter(|| black_box(store.begin_read().unwrap()))
     });
     c.bench_function("iterate_1m", |b| b.iter(|| black_box(snap.iter().count())));
+    // 1,000 random keys at a time, one `get` each or one `get_many`
+    // (issue target: get_many >= 2.5x the keys/s). Both build the same
+    // keys; criterion reports keys per second.
+    let mut g = c.benchmark_group("batch_1m");
+    g.throughput(Throughput::Elements(1000));
+    let mut keys = vec![[0u8; 16]; 1000];
+    g.bench_function("get_x1000", |b| {
+        b.iter(|| {
+            for k in keys.iter_mut() {
+                i += 1;
+                *k = key(spread(i, N));
+            }
+            for k in &keys {
+                black_box(snap.get(k).unwrap());
+            }
+        })
+    });
+    let mut out = Vec::with_capacity(1000);
+    g.bench_function("get_many_1000", |b| {
+        b.iter(|| {
+            for k in keys.iter_mut() {
+                i += 1;
+                *k = key(spread(i, N));
+            }
+            snap.get_many_into(&keys, &mut out).unwrap();
+            black_box(&out);
+        })
+    });
+    g.finish();
 }
 
 fn writes(c: &mut Criterion) {
@@ -68,7 +97,7 @@ fn writes(c: &mut Criterion) {
             let mut tx = store.begin_write().unwrap();
             for _ in 0..1000 {
                 next += 1;
-                tx.put(&key(next), &[1u8; 100]).unwrap();
+                tx.put(key(next), [1u8; 100]).unwrap();
             }
             tx.commit().unwrap()
         })
@@ -77,7 +106,7 @@ fn writes(c: &mut Criterion) {
     c.bench_function("commit_one_put_durable", |b| {
         b.iter(|| {
             next += 1;
-            durable.put(&key(next % 10_000), &[2u8; 100]).unwrap()
+            durable.put(key(next % 10_000), [2u8; 100]).unwrap()
         })
     });
 }

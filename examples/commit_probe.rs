@@ -30,7 +30,7 @@ fn main() -> mapkv::Result<()> {
     for i in 0..COMMITS as u64 {
         let t = Instant::now();
         // 4 KB values: every commit moves the log into a new page.
-        store.put(&i.to_le_bytes(), &[7u8; 4000])?;
+        store.put(i.to_le_bytes(), [7u8; 4000])?;
         lat.push(t.elapsed().as_micros());
     }
     let secs = start.elapsed().as_secs_f64();

@@ -10,7 +10,7 @@ fn main() -> mapkv::Result<()> {
         let before = disk.flush_count();
         let mut tx = store.begin_write()?;
         for j in 0..10u32 {
-            tx.put(&(i * 10 + j).to_le_bytes(), &[1u8; 100])?;
+            tx.put((i * 10 + j).to_le_bytes(), [1u8; 100])?;
         }
         tx.commit()?;
         hist[((disk.flush_count() - before) as usize).min(3)] += 1;

@@ -232,7 +232,7 @@ fn drive_session(
                 }
                 let (t, m) = txn.as_mut().expect("just opened");
                 let v = value_of(step, len);
-                t.put(&key_of(*key), &v).map_err(|e| err(e.to_string()))?;
+                t.put(key_of(*key), &v).map_err(|e| err(e.to_string()))?;
                 m.insert(key_of(*key), v);
             }
             Op::Many { base } => {
@@ -254,7 +254,7 @@ fn drive_session(
                     txn = Some((t, committed(history)));
                 }
                 let (t, m) = txn.as_mut().expect("just opened");
-                let existed = t.delete(&key_of(*key)).map_err(|e| err(e.to_string()))?;
+                let existed = t.delete(key_of(*key)).map_err(|e| err(e.to_string()))?;
                 let model_existed = m.remove(&key_of(*key)).is_some();
                 if existed != model_existed {
                     return Err(err(format!("delete said {existed}, model {model_existed}")));
@@ -262,7 +262,7 @@ fn drive_session(
             }
             Op::TxnGet { key } => {
                 if let Some((t, m)) = &txn {
-                    let got = t.get(&key_of(*key)).map_err(|e| err(e.to_string()))?;
+                    let got = t.get(key_of(*key)).map_err(|e| err(e.to_string()))?;
                     if got != m.get(&key_of(*key)).map(Vec::as_slice) {
                         return Err(err("transaction does not see its own writes".into()));
                     }
@@ -416,6 +416,9 @@ pub struct CutReport {
     pub reached: bool,
     /// Sectors that differed between the live and durable images.
     pub dirty_sectors: usize,
+    /// Versions of unflushed sectors older than the live one
+    /// ([`power_loss_versions`]; 0 otherwise).
+    pub between_versions: usize,
     /// Commit the store recovered to.
     pub recovered_seq: u64,
     /// The lowest commit it was allowed to recover to.
@@ -432,7 +435,35 @@ pub fn power_loss(
     cut: Cut,
     land: impl FnMut(u64) -> bool,
 ) -> Result<CutReport, String> {
+    cut_and_check(ops, hash_seed, cut, false, |p| p.image(land))
+}
+
+/// [`power_loss`] on a disk that keeps every version a dirty sector had
+/// since its last flush ([`SimDisk::track_versions`]): each sector lands
+/// as the version `pick(sector_offset, n)` chooses (see
+/// [`CrashPoint::image_versions`]), so a sector may hold a state between
+/// its durable and its latest contents — an index slot as one `Eventual`
+/// commit left it, overwritten by a later one that never reached the disk.
+pub fn power_loss_versions(
+    ops: &[Op],
+    hash_seed: u64,
+    cut: Cut,
+    pick: impl FnMut(u64, usize) -> usize,
+) -> Result<CutReport, String> {
+    cut_and_check(ops, hash_seed, cut, true, |p| p.image_versions(pick))
+}
+
+fn cut_and_check(
+    ops: &[Op],
+    hash_seed: u64,
+    cut: Cut,
+    track: bool,
+    image: impl FnOnce(&CrashPoint) -> Vec<u8>,
+) -> Result<CutReport, String> {
     let disk = fresh_disk(hash_seed);
+    if track {
+        disk.track_versions();
+    }
     let mut history = History::new();
     if let Cut::AtFlush(n) = cut {
         disk.cut_at_flush(n);
@@ -454,11 +485,13 @@ pub fn power_loss(
         },
     };
     let dirty_sectors = point.dirty_sectors().len();
-    let image = point.image(land);
+    let between = point.versions.values().map(Vec::len).sum();
+    let image = image(&point);
     let recovered_seq = check_recovered(&image, &history, min_seq)?;
     Ok(CutReport {
         reached: true,
         dirty_sectors,
+        between_versions: between,
         recovered_seq,
         min_seq,
     })
@@ -526,7 +559,7 @@ pub fn open_file(bytes: &[u8]) -> Option<Error> {
     let _ = store.stats();
     if let Ok(snap) = store.begin_read() {
         for k in 0..KEYS {
-            let _ = snap.get(&key_of(k));
+            let _ = snap.get(key_of(k));
         }
         for item in snap.iter().take(10_000) {
             let _ = item;

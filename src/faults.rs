@@ -16,6 +16,12 @@
 //! assert_eq!(store.get(b"k")?, Some(b"v".to_vec()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Public with the `testing` feature; without it the engine keeps its
+//! (never armed) points and nothing can inject a failure.
+
+// Without `testing` nothing outside the crate can arm a fault.
+#![cfg_attr(not(feature = "testing"), allow(dead_code))]
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -54,6 +60,10 @@ pub enum PausePoint {
     /// In the thread that reads a cold store into memory after an open
     /// (`Options::warm_on_open`), before it reads anything.
     Warming,
+    /// In `Store::wait_for_commit`, once it found no newer commit and is
+    /// about to sleep (a commit from here on wakes it or makes the sleep
+    /// return at once).
+    CommitWaitSleeps,
 }
 
 #[derive(Debug, Default)]

@@ -138,7 +138,7 @@ fn next_pointed_at(target: impl FnOnce(&Meta) -> u64) -> Vec<u8> {
     let mut image = image_of(|s| {
         let mut tx = s.begin_write().unwrap();
         for i in 0..8u32 {
-            tx.put(&i.to_be_bytes(), &big).unwrap();
+            tx.put(i.to_be_bytes(), &big).unwrap();
         }
         tx.commit().unwrap();
     });

@@ -70,10 +70,28 @@ pub(crate) enum Quick<'m> {
     Checked,
 }
 
+/// Where the first slot of `hash`'s chain with its tag leads
+/// ([`Table::quick_find`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Find {
+    /// An empty slot ends the chain first.
+    Vacant,
+    /// A slot with `hash`'s tag names a record here.
+    Record(u64),
+    /// The whole table was walked: ask the checked path.
+    Checked,
+}
+
 /// The value of the record at `off` if it is the common case (see
 /// [`Table::quick_lookup`]).
 #[inline]
-fn quick_record<'m>(map: &'m Mapping, fence: &Fence, off: u64, key: &[u8], seq: u64) -> Quick<'m> {
+pub(crate) fn quick_record<'m>(
+    map: &'m Mapping,
+    fence: &Fence,
+    off: u64,
+    key: &[u8],
+    seq: u64,
+) -> Quick<'m> {
     // The header's fields are read straight from the map (not copied into
     // a `RecordHeader` first), so each check waits only for its bytes.
     let Some(head) = Span::new(off, HEADER_SIZE as u64, fence).and_then(|s| map.bytes(s)) else {
@@ -202,6 +220,26 @@ impl Table {
             target: 0,
             why: Invalid::OutOfBounds,
         })
+    }
+
+    /// The first slot of `hash`'s chain that has its tag: the first half
+    /// of [`quick_lookup`](Self::quick_lookup), for callers that overlap
+    /// many lookups (`ReadTxn::get_many`).
+    #[inline]
+    pub fn quick_find(&self, map: &Mapping, hash: u64) -> Find {
+        let mask = self.cap() - 1;
+        let mut i = slot_home(hash, self.log2);
+        for _ in 0..self.cap() {
+            let v = self.load(map, i);
+            if v == SLOT_EMPTY {
+                return Find::Vacant;
+            }
+            if slot_matches(v, hash) {
+                return Find::Record(slot_offset(v));
+            }
+            i = (i + 1) & mask;
+        }
+        Find::Checked
     }
 
     /// The common case of a lookup, in as few instructions as it can be.

@@ -26,6 +26,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Features
+//!
+//! `cli` (default) builds `kvctl` and brings its dependencies; an embedder
+//! turns default features off and gets the engine alone. `testing` adds
+//! the checking harnesses (`check`, `sim`, `torture`, `faults`,
+//! `Options::faults`, `Options::open_sim`); `arbitrary` adds `Arbitrary`
+//! for the fuzz targets. See the README's table.
+//!
 //! ## Promises
 //!
 //! - **Atomicity**: a transaction's writes become visible together or not
@@ -104,14 +112,18 @@
 compile_error!("mapkv needs a target with 64-bit pointers (it maps its file with room to grow)");
 
 mod changes;
+#[cfg(feature = "testing")]
 pub mod check;
 #[allow(unsafe_code)]
 mod cpu;
 mod engine;
 mod error;
+#[cfg(feature = "testing")]
 pub mod faults;
+#[cfg(not(feature = "testing"))]
+mod faults;
 mod format;
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod hostile;
 mod index;
 mod inspect;
@@ -120,6 +132,7 @@ mod log;
 mod options;
 mod readers;
 mod salvage;
+#[cfg(feature = "testing")]
 #[allow(unsafe_code)]
 pub mod sim;
 mod space;
@@ -128,6 +141,7 @@ mod storage;
 mod store;
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(feature = "testing")]
 pub mod torture;
 mod txn;
 mod verify;
@@ -140,7 +154,7 @@ pub use options::{Durability, Options};
 pub use readers::SnapshotInfo;
 pub use salvage::{salvage, SalvageReport};
 pub use store::{BackupReport, CompactReport, Store};
-pub use txn::{Iter, ReadTxn, WriteTxn};
+pub use txn::{Iter, ReadTxn, Snapshot, WriteTxn};
 pub use verify::{Problem, Stats, VerifyReport};
 
 /// The README's example, compiled and run as a doctest.

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::faults::Faults;
+#[cfg(feature = "testing")]
 use crate::sim::SimDisk;
 use crate::storage::file::FileBackend;
 use crate::Store;
@@ -166,7 +167,9 @@ impl Options {
     }
 
     /// Failures to inject into the file backend (see [`crate::faults`]):
-    /// for testing what the store does when the system says no.
+    /// for testing what the store does when the system says no. (Feature
+    /// `testing`.)
+    #[cfg(feature = "testing")]
     pub fn faults(mut self, faults: Faults) -> Options {
         self.faults = faults;
         self
@@ -216,7 +219,8 @@ impl Options {
 
     /// Opens a store on a simulated disk (see [`crate::sim`]), for crash
     /// and fault testing. Each call is a separate handle, as if another
-    /// process opened the file.
+    /// process opened the file. (Feature `testing`.)
+    #[cfg(feature = "testing")]
     pub fn open_sim(&self, disk: &SimDisk) -> Result<Store> {
         let backend = disk.handle(!self.read_only);
         if disk.is_empty() && (!self.create || self.read_only) {

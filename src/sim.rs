@@ -9,6 +9,13 @@
 //! one" — exactly what can reach a disk that writes back dirty pages in any
 //! order and tears writes at 512-byte sectors.
 //!
+//! A dirty sector need not land as its latest contents, either: the kernel
+//! may write a page back while the writer is still changing it, and then
+//! again later (an index slot rewritten by several `Eventual` commits).
+//! With [`SimDisk::track_versions`] the disk keeps every version a dirty
+//! sector had at each of its I/O calls since the sector was last flushed,
+//! and [`CrashPoint::image_versions`] lands any of them.
+//!
 //! ```
 //! use mapkv::{Options, sim::SimDisk};
 //!
@@ -59,6 +66,10 @@ struct State {
     durable: Vec<u8>,
     flushes: u64,
     cut_at: Option<u64>,
+    /// With [`SimDisk::track_versions`]: for each sector not flushed since
+    /// it changed, the versions it had at the disk's I/O calls, oldest
+    /// first.
+    versions: Option<HashMap<u64, Vec<Vec<u8>>>>,
     cut: Option<CrashPoint>,
     fail_flushes: bool,
     fail_grows: u32,
@@ -74,6 +85,9 @@ pub struct CrashPoint {
     pub durable: Vec<u8>,
     /// Bytes the mapping showed (durable plus unflushed writes).
     pub live: Vec<u8>,
+    /// Earlier versions of unflushed sectors, oldest first (empty unless
+    /// the disk tracked them: [`SimDisk::track_versions`]).
+    pub versions: HashMap<u64, Vec<Vec<u8>>>,
 }
 
 impl CrashPoint {
@@ -87,6 +101,35 @@ impl CrashPoint {
             .filter(|(_, (l, d))| l != d)
             .map(|(i, _)| i as u64 * SECTOR)
             .collect()
+    }
+
+    /// The disk after a power cut in which each sector that changed since
+    /// it was last flushed lands as one of its versions: `pick(sector,
+    /// n)` chooses among `n` of them, 0 being the durable contents, then
+    /// the tracked versions oldest first, and `n - 1` the live contents.
+    pub fn image_versions(&self, mut pick: impl FnMut(u64, usize) -> usize) -> Vec<u8> {
+        let mut out = self.durable.clone();
+        let mut sectors: Vec<u64> = self.dirty_sectors();
+        sectors.extend(self.versions.keys().copied());
+        sectors.sort_unstable();
+        sectors.dedup();
+        let none = Vec::new();
+        for off in sectors {
+            let (a, b) = (off as usize, ((off + SECTOR) as usize).min(out.len()));
+            if a >= b {
+                continue;
+            }
+            let between = self.versions.get(&off).unwrap_or(&none);
+            let n = between.len() + 2;
+            let chosen = pick(off, n).min(n - 1);
+            if chosen == n - 1 {
+                out[a..b].copy_from_slice(&self.live[a..b]);
+            } else if chosen > 0 {
+                let v = &between[chosen - 1];
+                out[a..b].copy_from_slice(&v[..b - a]);
+            }
+        }
+        out
     }
 
     /// The disk after a power cut: the durable image, with each dirty sector
@@ -186,7 +229,16 @@ impl SimDisk {
         CrashPoint {
             durable: st.durable.clone(),
             live: self.shared.copy_live(st.len),
+            versions: st.versions.clone().unwrap_or_default(),
         }
+    }
+
+    /// Keeps, from now on, the versions each unflushed sector has at every
+    /// I/O call of the disk (writes, flushes, zeroing, punching, the end
+    /// of each write transaction), for [`CrashPoint::image_versions`].
+    /// Each call then compares the whole file: for small stores.
+    pub fn track_versions(&self) {
+        self.state().versions.get_or_insert_with(HashMap::new);
     }
 
     /// Makes every flush fail with `EIO` (and write nothing) while `yes`.
@@ -241,6 +293,41 @@ impl Shared {
 
     fn base(&self) -> *mut u8 {
         self.buf.as_ptr() as *mut u8
+    }
+
+    /// With version tracking on: adds the live contents of every sector
+    /// that differs from its last recorded version (or, with none, from
+    /// the durable contents).
+    fn record_versions(&self, st: &mut State) {
+        let State {
+            durable, versions, ..
+        } = st;
+        let Some(versions) = versions else {
+            return;
+        };
+        // Sector by sector, in place: only a sector that changed is copied.
+        let words = (SECTOR / 8) as usize;
+        let mut sector = Vec::with_capacity(SECTOR as usize);
+        for (i, d) in durable.chunks(SECTOR as usize).enumerate() {
+            let off = i as u64 * SECTOR;
+            let seen = versions
+                .get(&off)
+                .and_then(|v| v.last())
+                .map_or(d, |v| &v[..]);
+            let live = &self.buf[i * words..i * words + d.len().div_ceil(8)];
+            let same = live
+                .iter()
+                .zip(seen.chunks(8))
+                .all(|(w, s)| w.load(Ordering::Acquire).to_le_bytes()[..s.len()] == *s);
+            if !same {
+                sector.clear();
+                for w in live {
+                    sector.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+                }
+                sector.truncate(d.len());
+                versions.entry(off).or_default().push(sector.clone());
+            }
+        }
     }
 
     fn copy_live(&self, len: u64) -> Vec<u8> {
@@ -330,6 +417,7 @@ impl Backend for SimHandle {
         // SAFETY: `Backend::zero_range`'s contract: a table no state names
         // yet, under the writer lock.
         unsafe { crate::storage::write_zeros(map, off, len) };
+        self.shared.record_versions(&mut self.shared.state());
         Ok(())
     }
 
@@ -338,6 +426,7 @@ impl Backend for SimHandle {
         // SAFETY: `Backend::write`'s contract: the writer's own uncommitted
         // log, which nothing reads or borrows.
         unsafe { map.write(off, data) };
+        self.shared.record_versions(&mut self.shared.state());
         Ok(())
     }
 
@@ -350,11 +439,12 @@ impl Backend for SimHandle {
     fn punch(&self, off: u64, len: u64) -> io::Result<()> {
         // The page cache reads zeros at once; the disk may keep the old
         // bytes until a flush, and either is fine: nobody reads free space.
-        let st = self.shared.state();
+        let mut st = self.shared.state();
         let (from, to) = (off.div_ceil(8), (off + len).min(st.len) / 8);
         for w in &self.shared.buf[from.min(to) as usize..to as usize] {
             w.store(0, Ordering::Release);
         }
+        self.shared.record_versions(&mut st);
         Ok(())
     }
 
@@ -377,6 +467,9 @@ impl Backend for SimHandle {
             }
             st.len = new_len;
             st.durable.truncate(new_len as usize);
+            if let Some(v) = &mut st.versions {
+                v.retain(|&off, _| off < new_len);
+            }
         }
         Ok(())
     }
@@ -385,10 +478,12 @@ impl Backend for SimHandle {
         let mut st = self.shared.state();
         let n = st.flushes;
         st.flushes += 1;
+        self.shared.record_versions(&mut st);
         if st.cut_at == Some(n) {
             st.cut = Some(CrashPoint {
                 durable: st.durable.clone(),
                 live: self.shared.copy_live(st.len),
+                versions: st.versions.clone().unwrap_or_default(),
             });
         }
         if st.fail_flushes {
@@ -410,6 +505,10 @@ impl Backend for SimHandle {
             }
             st.durable[start as usize..end as usize]
                 .copy_from_slice(&tmp[..(end - start) as usize]);
+            // Flushed whole pages: their sectors' histories start over.
+            if let Some(v) = &mut st.versions {
+                v.retain(|&off, _| off < start || off >= end);
+            }
         }
         Ok(())
     }
@@ -420,6 +519,11 @@ impl Backend for SimHandle {
             let holders = st.locks.entry(id).or_default();
             if mode == LockMode::Unlock {
                 holders.retain(|(h, _)| *h != self.id);
+                if id == LockId::Writer {
+                    // The end of a write transaction: its index slots
+                    // and live header are a version the kernel may write.
+                    self.shared.record_versions(&mut st);
+                }
                 self.shared.cond.notify_all();
                 return Ok(true);
             }

@@ -1,18 +1,23 @@
 //! The store handle.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{is_enospc, Shared};
 use crate::error::{Error, Result};
+use crate::faults::PausePoint;
 use crate::live;
 use crate::options::{Durability, Options};
 use crate::readers::SnapshotInfo;
-use crate::txn::{Choose, ReadTxn, WriteTxn};
+use crate::txn::{Choose, ReadTxn, Snapshot, WriteTxn};
 use crate::verify::{self, Stats, VerifyReport};
 
-/// An open store. `Send + Sync`: share it between threads with `&` or `Arc`.
+/// An open store. `Send + Sync`, and `Clone`: clones are one handle (one
+/// mapping, one writer lock, one set of reader-table chunks), so share it
+/// between threads by cloning it, by `&` or in an `Arc`. The store closes
+/// when the last clone and the last [`Snapshot`] of it are gone (or at
+/// [`close`](Self::close)).
 ///
 /// Any number of [`ReadTxn`]s may be open at once, in any thread; at most
 /// one [`WriteTxn`] exists at a time across all threads and processes.
@@ -26,9 +31,9 @@ use crate::verify::{self, Stats, VerifyReport};
 /// assert_eq!(store.get(b"hello")?, None);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Clone)]
 pub struct Store {
-    shared: Shared,
-    closed: AtomicBool,
+    shared: Arc<Shared>,
 }
 
 /// What [`Store::compact`] did.
@@ -89,8 +94,7 @@ impl Store {
 
     pub(crate) fn from_shared(shared: Shared) -> Store {
         Store {
-            shared,
-            closed: AtomicBool::new(false),
+            shared: Arc::new(shared),
         }
     }
 
@@ -106,6 +110,18 @@ impl Store {
     /// `Io` if a remap fails; `Corrupted` if the shared header is damaged.
     pub fn begin_read(&self) -> Result<ReadTxn<'_>> {
         ReadTxn::new(&self.shared)
+    }
+
+    /// Begins a snapshot of the newest commit that owns its handle to the
+    /// store: [`Snapshot`] is `'static + Send + Sync` and reads like a
+    /// [`ReadTxn`]. A `ReadTxn` borrows the `Store` and costs nothing
+    /// more; take a `Snapshot` to keep one in a struct or send it to
+    /// another thread.
+    ///
+    /// # Errors
+    /// As [`begin_read`](Self::begin_read).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Snapshot::new(self.shared.clone())
     }
 
     /// Begins the write transaction, waiting while another thread or
@@ -139,12 +155,12 @@ impl Store {
     }
 
     /// The newest committed value of `key`, copied out.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         Ok(self.begin_read()?.get(key)?.map(<[u8]>::to_vec))
     }
 
     /// Sets `key` to `value` in a transaction of its own.
-    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let mut tx = self.begin_write()?;
         tx.put(key, value)?;
         tx.commit()?;
@@ -152,7 +168,7 @@ impl Store {
     }
 
     /// Removes `key` in a transaction of its own; returns whether it existed.
-    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let mut tx = self.begin_write()?;
         let existed = tx.delete(key)?;
         tx.commit()?;
@@ -491,6 +507,7 @@ impl Store {
                     _ => return Ok(seq),
                 },
             };
+            self.shared.faults.point(PausePoint::CommitWaitSleeps);
             waiter.sleep(ticket, left);
         }
     }
@@ -518,17 +535,13 @@ impl Store {
 
     /// Closes the store, reporting errors that dropping it would ignore.
     /// The last handle to close (in any process) writes a checkpoint so the
-    /// next open does no recovery work.
+    /// next open does no recovery work. While other clones of this
+    /// `Store` or [`Snapshot`]s of it live, this only lets go of this
+    /// clone (`Ok`): the last of them closes the store when dropped.
     pub fn close(self) -> Result<()> {
-        self.closed.store(true, Ordering::Relaxed);
-        self.shared.close()
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        if !self.closed.load(Ordering::Relaxed) {
-            let _ = self.shared.close();
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared.close(),
+            Err(_) => Ok(()),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The API's contract: limits, errors, read-only handles, transactions.
 
-use mapkv::{Error, Options, Store, MAX_KEY_LEN, MAX_VALUE_LEN};
+use mapkv::{Error, Options, ReadTxn, Snapshot, Store, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +122,7 @@ fn commit_returns_increasing_seqs_that_snapshots_report() {
     let mut last = s.begin_read().unwrap().seq();
     for i in 0..10u8 {
         let mut tx = s.begin_write().unwrap();
-        tx.put(&[i], &[i]).unwrap();
+        tx.put([i], [i]).unwrap();
         let seq = tx.commit().unwrap();
         assert_eq!(seq, last + 1);
         assert_eq!(s.begin_read().unwrap().seq(), seq);
@@ -131,18 +131,18 @@ fn commit_returns_increasing_seqs_that_snapshots_report() {
     let snap = s.begin_read().unwrap();
     assert_eq!(snap.len(), 10);
     assert!(!snap.is_empty());
-    assert!(snap.contains_key(&[3]).unwrap());
-    assert!(!snap.contains_key(&[30]).unwrap());
+    assert!(snap.contains_key([3]).unwrap());
+    assert!(!snap.contains_key([30]).unwrap());
 }
 
 #[test]
 fn stats_count_live_and_dead_bytes() {
     let (_d, s) = store();
-    s.put(b"k", &[1u8; 1000]).unwrap();
+    s.put(b"k", [1u8; 1000]).unwrap();
     let one = s.stats().unwrap();
     assert_eq!(one.keys, 1);
     assert_eq!(one.dead_bytes, 48); // the commit record
-    s.put(b"k", &[2u8; 1000]).unwrap();
+    s.put(b"k", [2u8; 1000]).unwrap();
     let two = s.stats().unwrap();
     assert_eq!(two.keys, 1);
     assert_eq!(two.live_bytes, one.live_bytes);
@@ -159,7 +159,7 @@ fn a_record_takes_its_header_key_and_value_padded_to_4_bytes() {
     let (_d, s) = store();
     for (key_len, val_len, size) in [(16, 100, 140), (1, 2, 28), (3, 1, 28), (8, 0, 32)] {
         let before = s.stats().unwrap().live_bytes;
-        s.put(&vec![key_len as u8; key_len], &vec![7u8; val_len])
+        s.put(vec![key_len as u8; key_len], vec![7u8; val_len])
             .unwrap();
         assert_eq!(
             s.stats().unwrap().live_bytes - before,
@@ -171,8 +171,16 @@ fn a_record_takes_its_header_key_and_value_padded_to_4_bytes() {
 
 #[test]
 fn store_is_send_and_sync_and_a_busy_writer_is_an_error_on_request() {
+    // Compile-time: what an embedder shares between threads. (`WriteTxn`
+    // is neither: it holds the writer's mutex guard, released by the
+    // thread that took it, and caches in `RefCell`s; its docs carry a
+    // compile_fail example.)
     fn send_sync<T: Send + Sync>() {}
+    fn owned<T: 'static + Send + Sync>() {}
     send_sync::<Store>();
+    send_sync::<ReadTxn<'_>>();
+    send_sync::<mapkv::Iter<'_>>();
+    owned::<Snapshot>();
     let (_d, s) = store();
     let tx = s.begin_write().unwrap();
     std::thread::scope(|sc| {
@@ -202,7 +210,7 @@ fn a_transaction_reads_its_own_writes_whether_staged_or_written_out() {
     for commit in [false, true] {
         let mut tx = s.begin_write().unwrap();
         for i in 0..20_000u32 {
-            tx.put(&key(i), &[i as u8; 100]).unwrap();
+            tx.put(key(i), [i as u8; 100]).unwrap();
         }
         // ~2.6 MB: the first records were written out, the last are not.
         assert_eq!(tx.get(b"k0").unwrap(), Some(&[0u8; 100][..]));
@@ -247,30 +255,30 @@ fn a_transaction_finds_its_keys_after_puts_in_key_order_and_out_of_it() {
     let key = |i: u32| format!("key{i:05}").into_bytes();
     let mut tx = s.begin_write().unwrap();
     for i in 0..100 {
-        tx.put(&key(i), b"first").unwrap();
+        tx.put(key(i), b"first").unwrap();
     }
     // A lookup below the greatest key files keys 0..100.
-    assert_eq!(tx.get(&key(50)).unwrap(), Some(&b"first"[..]));
+    assert_eq!(tx.get(key(50)).unwrap(), Some(&b"first"[..]));
     assert_eq!(tx.get(b"b").unwrap(), Some(&b"committed"[..]));
-    assert_eq!(tx.get(&key(100)).unwrap(), None);
+    assert_eq!(tx.get(key(100)).unwrap(), None);
     for i in 100..199 {
-        tx.put(&key(i), b"first").unwrap();
+        tx.put(key(i), b"first").unwrap();
     }
     // The greatest key twice in a row is not in order.
-    tx.put(&key(199), b"once").unwrap();
-    tx.put(&key(199), b"first").unwrap();
+    tx.put(key(199), b"once").unwrap();
+    tx.put(key(199), b"first").unwrap();
     // Keys put in order after that lookup are found too, as the greatest
     // and below it.
-    assert_eq!(tx.get(&key(199)).unwrap(), Some(&b"first"[..]));
-    assert_eq!(tx.get(&key(150)).unwrap(), Some(&b"first"[..]));
+    assert_eq!(tx.get(key(199)).unwrap(), Some(&b"first"[..]));
+    assert_eq!(tx.get(key(150)).unwrap(), Some(&b"first"[..]));
     // Out of order from here: rewriting a key replaces its record.
     for i in (0..200).step_by(3) {
-        tx.put(&key(i), b"second").unwrap();
+        tx.put(key(i), b"second").unwrap();
     }
-    assert!(tx.delete(&key(151)).unwrap());
-    assert!(!tx.delete(&key(151)).unwrap());
-    assert_eq!(tx.get(&key(198)).unwrap(), Some(&b"second"[..]));
-    assert_eq!(tx.get(&key(199)).unwrap(), Some(&b"first"[..]));
+    assert!(tx.delete(key(151)).unwrap());
+    assert!(!tx.delete(key(151)).unwrap());
+    assert_eq!(tx.get(key(198)).unwrap(), Some(&b"second"[..]));
+    assert_eq!(tx.get(key(199)).unwrap(), Some(&b"first"[..]));
     tx.commit().unwrap();
     for i in 0..200 {
         let want: Option<&[u8]> = match i {
@@ -278,8 +286,41 @@ fn a_transaction_finds_its_keys_after_puts_in_key_order_and_out_of_it() {
             i if i % 3 == 0 => Some(b"second"),
             _ => Some(b"first"),
         };
-        assert_eq!(s.get(&key(i)).unwrap().as_deref(), want, "key {i}");
+        assert_eq!(s.get(key(i)).unwrap().as_deref(), want, "key {i}");
     }
     assert_eq!(s.stats().unwrap().keys, 200);
     assert!(s.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_snapshot_outlives_every_store_handle_and_crosses_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owned.kv");
+    let store = Store::open(&path).unwrap();
+    store.put(b"k", b"old").unwrap();
+    let snap = store.snapshot().unwrap();
+    let clone = store.clone();
+    clone.put(b"k", b"new").unwrap();
+    // Closing one clone while another and the snapshot live lets go of
+    // that clone only: the others go on.
+    store.close().unwrap();
+    assert_eq!(clone.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    drop(clone);
+    // No Store is left; the snapshot still holds the store and its state.
+    let seq = snap.seq();
+    let got = std::thread::spawn(move || {
+        let v = snap.get(b"k").unwrap().map(<[u8]>::to_vec);
+        (v, snap.iter().count(), snap.seq())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, (Some(b"old".to_vec()), 1, seq));
+    // The last of them closed the store cleanly: another handle may now
+    // hold it alone, and sees the newest commit.
+    let again = Options::new().open(&path).unwrap();
+    assert_eq!(again.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    assert!(
+        again.readers().unwrap().is_empty(),
+        "the snapshot's reader slot was released"
+    );
 }

@@ -33,7 +33,7 @@ fn build(path: &Path) -> u64 {
     for chunk in (0..60_000u32).collect::<Vec<_>>().chunks(5_000) {
         let mut tx = store.begin_write().unwrap();
         for &i in chunk {
-            tx.put(format!("key{i:08}").as_bytes(), &[i as u8; 200])
+            tx.put(format!("key{i:08}").as_bytes(), [i as u8; 200])
                 .unwrap();
         }
         tx.commit().unwrap();
@@ -102,7 +102,7 @@ fn a_handle_closed_while_its_store_warms_leaves_no_lock_behind() {
         for round in 0..3u8 {
             let mut tx = store.begin_write().unwrap();
             for i in 0..40_000u32 {
-                tx.put(format!("key{i:08}").as_bytes(), &[round; 60])
+                tx.put(format!("key{i:08}").as_bytes(), [round; 60])
                     .unwrap();
             }
             tx.commit().unwrap();

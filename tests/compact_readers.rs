@@ -81,14 +81,14 @@ fn churned(path: &Path, faults: &Faults) -> Store {
         for chunk in (0..40_000u32).collect::<Vec<_>>().chunks(5_000) {
             let mut tx = store.begin_write().unwrap();
             for &i in chunk {
-                tx.put(&key(i), &value(i, round)).unwrap();
+                tx.put(key(i), value(i, round)).unwrap();
             }
             tx.commit().unwrap();
         }
     }
     let mut tx = store.begin_write().unwrap();
     for i in LIVE..40_000 {
-        assert!(tx.delete(&key(i)).unwrap());
+        assert!(tx.delete(key(i)).unwrap());
     }
     tx.commit().unwrap();
     store
@@ -98,7 +98,7 @@ fn churned(path: &Path, faults: &Faults) -> Store {
 fn check_live(snap: &mapkv::ReadTxn<'_>, round: u32, what: &str) {
     for i in 0..LIVE {
         let got = snap
-            .get(&key(i))
+            .get(key(i))
             .unwrap_or_else(|e| panic!("{what}: key {i}: {e}"));
         assert_eq!(
             got,
@@ -146,7 +146,7 @@ fn pause_race_child(db: &Path) {
     for round in 3..6 {
         let mut tx = store.begin_write().unwrap();
         for i in 0..LIVE {
-            tx.put(&key(i), &value(i, round)).unwrap();
+            tx.put(key(i), value(i, round)).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -201,7 +201,7 @@ fn bank_total(snap: &mapkv::ReadTxn<'_>) -> u64 {
     (0..ACCOUNTS)
         .map(|i| {
             let v = snap
-                .get(&account(i))
+                .get(account(i))
                 .unwrap_or_else(|e| panic!("account {i}: {e}"))
                 .unwrap_or_else(|| panic!("account {i} missing at seq {}", snap.seq()));
             assert_eq!(v.len(), 100, "account {i}: value length");
@@ -251,7 +251,7 @@ fn bank_child(db: &Path, seed: u64) {
         .unwrap();
     let mut tx = store.begin_write().unwrap();
     for i in 0..ACCOUNTS {
-        tx.put(&account(i), &encode(START)).unwrap();
+        tx.put(account(i), encode(START)).unwrap();
     }
     tx.commit().unwrap();
     let stop = AtomicBool::new(false);
@@ -281,7 +281,7 @@ fn bank_child(db: &Path, seed: u64) {
             for chunk in (0..filler).collect::<Vec<_>>().chunks(2_500) {
                 let mut tx = store.begin_write().unwrap();
                 for &i in chunk {
-                    tx.put(format!("fill{i}").as_bytes(), &[round as u8; 90])
+                    tx.put(format!("fill{i}").as_bytes(), [round as u8; 90])
                         .unwrap();
                 }
                 transfer(&mut tx, &mut rng);
@@ -339,11 +339,11 @@ fn bank_child(db: &Path, seed: u64) {
 /// Moves a random amount between two random accounts.
 fn transfer(tx: &mut mapkv::WriteTxn<'_>, rng: &mut ChaCha8Rng) {
     let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
-    let va = balance(tx.get(&account(a)).unwrap().unwrap());
+    let va = balance(tx.get(account(a)).unwrap().unwrap());
     let amount = rng.gen_range(0..=va);
-    tx.put(&account(a), &encode(va - amount)).unwrap();
-    let vb = balance(tx.get(&account(b)).unwrap().unwrap());
-    tx.put(&account(b), &encode(vb + amount)).unwrap();
+    tx.put(account(a), encode(va - amount)).unwrap();
+    let vb = balance(tx.get(account(b)).unwrap().unwrap());
+    tx.put(account(b), encode(vb + amount)).unwrap();
 }
 
 /// A reader in another process: checks the bank in snapshots for a while.

@@ -95,7 +95,7 @@ fn an_extent_is_reused_only_after_the_snapshots_that_read_it_end() {
     let pinned = store.stats().unwrap();
     assert!(pinned.retired_bytes > 0, "{pinned:?}");
     for i in (0..3_000).step_by(97) {
-        assert_eq!(old.get(&key(i)).unwrap(), Some(&[1u8; 400][..]));
+        assert_eq!(old.get(key(i)).unwrap(), Some(&[1u8; 400][..]));
     }
     drop(old);
     // Its end frees them at the next write.
@@ -103,7 +103,7 @@ fn an_extent_is_reused_only_after_the_snapshots_that_read_it_end() {
     let after = store.stats().unwrap();
     assert_eq!(after.retired_bytes, 0, "{after:?}");
     assert!(after.free_bytes >= pinned.retired_bytes, "{after:?}");
-    assert_eq!(store.get(&key(5)).unwrap(), Some(vec![5u8; 400]));
+    assert_eq!(store.get(key(5)).unwrap(), Some(vec![5u8; 400]));
     assert!(store.verify().unwrap().is_ok());
 }
 
@@ -136,7 +136,7 @@ fn compact_packs_the_file_and_shrinks_it_only_when_alone() {
     overwrite(&store, 2_000, 1_000, 9);
     store.close().unwrap();
     let store = Store::open(&db).unwrap();
-    assert_eq!(store.get(&key(1_999)).unwrap(), Some(vec![9u8; 1_000]));
+    assert_eq!(store.get(key(1_999)).unwrap(), Some(vec![9u8; 1_000]));
     assert!(store.verify().unwrap().is_ok());
 }
 
@@ -150,7 +150,7 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
     for _ in 0..100 {
         let mut tx = store.begin_write().unwrap();
         for _ in 0..500 {
-            tx.put(&key(next), &next.to_le_bytes()).unwrap();
+            tx.put(key(next), next.to_le_bytes()).unwrap();
             next += 1;
         }
         tx.commit().unwrap();
@@ -160,7 +160,7 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
             // Mid-move, every key is found (new table, then old).
             let snap = store.begin_read().unwrap();
             for i in (0..next).step_by(37) {
-                assert_eq!(snap.get(&key(i)).unwrap(), Some(&i.to_le_bytes()[..]));
+                assert_eq!(snap.get(key(i)).unwrap(), Some(&i.to_le_bytes()[..]));
             }
             assert_eq!(snap.iter().count() as u32, next);
         }
@@ -177,7 +177,7 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
     for chunk in (0..next - 1_000).collect::<Vec<_>>().chunks(5_000) {
         let mut tx = store.begin_write().unwrap();
         for &i in chunk {
-            tx.delete(&key(i)).unwrap();
+            tx.delete(key(i)).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -193,10 +193,10 @@ fn the_index_moves_to_a_larger_table_over_several_commits() {
     );
     assert_eq!(s.keys, 1_001);
     assert_eq!(
-        store.get(&key(next - 1)).unwrap(),
+        store.get(key(next - 1)).unwrap(),
         Some((next - 1).to_le_bytes().to_vec())
     );
-    assert_eq!(store.get(&key(3)).unwrap(), None);
+    assert_eq!(store.get(key(3)).unwrap(), None);
     assert!(store.verify().unwrap().is_ok());
 }
 
@@ -222,14 +222,14 @@ fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
         if before.index_slots == 1 << 19 && before.index_moving == 0 && moves_next && !aborted {
             let mut tx = store.begin_write().unwrap();
             for i in 0..30_000u32 {
-                tx.put(&i.to_be_bytes(), &[0xAB; 100]).unwrap();
+                tx.put(i.to_be_bytes(), [0xAB; 100]).unwrap();
             }
             tx.abort();
             aborted = true;
         }
         let mut tx = store.begin_write().unwrap();
         for _ in 0..10_000 {
-            tx.put(&key(next), &next.to_le_bytes()).unwrap();
+            tx.put(key(next), next.to_le_bytes()).unwrap();
             next += 1;
         }
         tx.commit().unwrap();
@@ -249,12 +249,12 @@ fn the_next_index_table_is_prepared_ahead_and_starts_out_zeroed() {
         let snap = store.begin_read().unwrap();
         for i in (0..next).step_by(7) {
             assert_eq!(
-                snap.get(&key(i)).unwrap(),
+                snap.get(key(i)).unwrap(),
                 Some(&i.to_le_bytes()[..]),
                 "key {i}"
             );
         }
-        assert_eq!(snap.get(&7u32.to_be_bytes()).unwrap(), None);
+        assert_eq!(snap.get(7u32.to_be_bytes()).unwrap(), None);
         assert_eq!(store.stats().unwrap().keys, next as u64);
         assert!(store.verify().unwrap().is_ok());
     };
@@ -282,16 +282,16 @@ fn one_commit_sizes_the_index_for_exactly_the_keys_it_adds() {
     let store = Store::open(dir.path().join("d.kv")).unwrap();
     let mut tx = store.begin_write().unwrap();
     for i in 0..20_000 {
-        tx.put(&key(i), b"v").unwrap();
+        tx.put(key(i), b"v").unwrap();
     }
     for i in 0..10_000 {
-        assert!(tx.delete(&key(i)).unwrap());
+        assert!(tx.delete(key(i)).unwrap());
     }
     for i in 0..5_000 {
-        tx.put(&key(i), b"again").unwrap();
+        tx.put(key(i), b"again").unwrap();
     }
     for i in 15_000..20_000 {
-        tx.put(&key(i), b"twice").unwrap();
+        tx.put(key(i), b"twice").unwrap();
     }
     tx.commit().unwrap();
     let s = store.stats().unwrap();
@@ -300,12 +300,114 @@ fn one_commit_sizes_the_index_for_exactly_the_keys_it_adds() {
     assert_eq!(s.index_slots, 32_768);
     assert_eq!(s.index_used, 15_000);
     let snap = store.begin_read().unwrap();
-    assert_eq!(snap.get(&key(4_999)).unwrap(), Some(&b"again"[..]));
-    assert_eq!(snap.get(&key(5_000)).unwrap(), None);
-    assert_eq!(snap.get(&key(12_000)).unwrap(), Some(&b"v"[..]));
-    assert_eq!(snap.get(&key(19_999)).unwrap(), Some(&b"twice"[..]));
+    assert_eq!(snap.get(key(4_999)).unwrap(), Some(&b"again"[..]));
+    assert_eq!(snap.get(key(5_000)).unwrap(), None);
+    assert_eq!(snap.get(key(12_000)).unwrap(), Some(&b"v"[..]));
+    assert_eq!(snap.get(key(19_999)).unwrap(), Some(&b"twice"[..]));
     drop(snap);
     assert!(store.verify().unwrap().is_ok());
+}
+
+/// The copy is exactly the snapshot it began from, though the writer
+/// commits, deletes and compacts in the middle of it (from the progress
+/// callback, after the first batch: during the copy by construction, not
+/// by timing) while reader threads check the bank total.
+#[test]
+fn a_backup_equals_its_snapshot_though_commits_and_compact_run_during_its_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("src.kv")).unwrap();
+    const ACCOUNTS: u32 = 25_000; // more than one batch of the backup
+    let mut before = BTreeMap::new();
+    {
+        let mut tx = store.begin_write().unwrap();
+        for i in 0..ACCOUNTS {
+            let v = (100 + u64::from(i % 7)).to_le_bytes();
+            tx.put(key(i), v).unwrap();
+            before.insert(key(i), v.to_vec());
+        }
+        tx.commit().unwrap();
+    }
+    let total: u64 = before
+        .values()
+        .map(|v| u64::from_le_bytes(v[..].try_into().unwrap()))
+        .sum();
+    let seq0 = store.begin_read().unwrap().seq();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut during, mut compacted) = (None, None);
+    let report = std::thread::scope(|s| {
+        for t in 0..2 {
+            let (store, stop) = (&store, &stop);
+            s.spawn(move || {
+                let mut checks = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || checks == 0 {
+                    let snap = store.begin_read().unwrap();
+                    let sum: u64 = snap
+                        .iter()
+                        .map(|r| u64::from_le_bytes(r.unwrap().1.try_into().unwrap()))
+                        .sum();
+                    assert_eq!(sum, total, "reader {t}, seq {}", snap.seq());
+                    checks += 1;
+                }
+            });
+        }
+        let r = store
+            .backup_to_with_progress(dir.path().join("copy.kv"), |copied, all| {
+                if copied >= all || during.is_some() {
+                    return;
+                }
+                let mut rng = common::rng(41);
+                for _ in 0..200 {
+                    let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
+                    let mut tx = store.begin_write().unwrap();
+                    let get = |tx: &mapkv::WriteTxn<'_>, k| {
+                        u64::from_le_bytes(tx.get(key(k)).unwrap().unwrap().try_into().unwrap())
+                    };
+                    let (ba, bb) = (get(&tx, a), get(&tx, b));
+                    if a != b {
+                        tx.put(key(a), (ba - 1).to_le_bytes()).unwrap();
+                        tx.put(key(b), (bb + 1).to_le_bytes()).unwrap();
+                    }
+                    tx.commit().unwrap();
+                }
+                // Rewrite every account (the same totals): the first
+                // extents go dead, and compact() has work.
+                for chunk in (0..ACCOUNTS).collect::<Vec<_>>().chunks(5_000) {
+                    let mut tx = store.begin_write().unwrap();
+                    for &i in chunk {
+                        let v = tx.get(key(i)).unwrap().unwrap().to_vec();
+                        tx.put(key(i), &v).unwrap();
+                    }
+                    tx.commit().unwrap();
+                }
+                compacted = Some(store.compact().unwrap());
+                during = Some(store.begin_read().unwrap().seq());
+            })
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let during = during.expect("the progress callback ran mid-copy");
+    let compacted = compacted.unwrap();
+    assert_eq!(
+        report.seq, seq0,
+        "the backup's snapshot is the state it began at"
+    );
+    assert!(during > seq0 + 200, "the writer committed during the copy");
+    assert!(
+        compacted.records_moved + compacted.bytes_retired > 0,
+        "{compacted:?}"
+    );
+    let copy = Store::open(dir.path().join("copy.kv")).unwrap();
+    assert!(copy.verify().unwrap().is_ok());
+    let snap = copy.begin_read().unwrap();
+    let got: BTreeMap<Vec<u8>, Vec<u8>> = snap
+        .iter()
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+        .collect();
+    assert!(
+        got == before,
+        "the copy differs from the snapshot it began from"
+    );
 }
 
 #[test]
@@ -316,7 +418,7 @@ fn a_backup_is_one_consistent_snapshot_while_a_writer_goes_on() {
     {
         let mut tx = store.begin_write().unwrap();
         for i in 0..ACCOUNTS {
-            tx.put(&key(i), &100u64.to_le_bytes()).unwrap();
+            tx.put(key(i), 100u64.to_le_bytes()).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -328,12 +430,12 @@ fn a_backup_is_one_consistent_snapshot_while_a_writer_goes_on() {
                 let mut tx = store.begin_write().unwrap();
                 let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
                 let get = |tx: &mapkv::WriteTxn<'_>, k| {
-                    u64::from_le_bytes(tx.get(&key(k)).unwrap().unwrap().try_into().unwrap())
+                    u64::from_le_bytes(tx.get(key(k)).unwrap().unwrap().try_into().unwrap())
                 };
                 let (ba, bb) = (get(&tx, a), get(&tx, b));
                 if a != b && ba > 0 {
-                    tx.put(&key(a), &(ba - 1).to_le_bytes()).unwrap();
-                    tx.put(&key(b), &(bb + 1).to_le_bytes()).unwrap();
+                    tx.put(key(a), (ba - 1).to_le_bytes()).unwrap();
+                    tx.put(key(b), (bb + 1).to_le_bytes()).unwrap();
                 }
                 tx.commit().unwrap();
             }
@@ -414,7 +516,7 @@ fn compact_after_mass_deletes_moves_the_index_and_packs_the_file() {
     }
     let mut tx = store.begin_write().unwrap();
     for i in 1_000..40_000 {
-        assert!(tx.delete(&key(i)).unwrap());
+        assert!(tx.delete(key(i)).unwrap());
     }
     tx.commit().unwrap();
     let before = store.stats().unwrap();
@@ -439,7 +541,7 @@ fn compact_after_mass_deletes_moves_the_index_and_packs_the_file() {
     let snap = store.begin_read().unwrap();
     assert_eq!(snap.len(), 1_000);
     for i in 0..1_000 {
-        assert_eq!(snap.get(&key(i)).unwrap(), Some(&[2u8; 60][..]), "key {i}");
+        assert_eq!(snap.get(key(i)).unwrap(), Some(&[2u8; 60][..]), "key {i}");
     }
     store.verify().unwrap();
 }
@@ -449,7 +551,7 @@ fn overwrite_in(store: &Store, keys: u32, len: usize, round: u8, batch: usize) {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(batch) {
         let mut tx = store.begin_write().unwrap();
         for &i in chunk {
-            tx.put(&key(i), &vec![round; len]).unwrap();
+            tx.put(key(i), vec![round; len]).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -471,7 +573,7 @@ fn a_small_commit_on_a_churned_store_compacts_in_proportion_to_its_own_bytes() {
     overwrite_in(&store, 20_000, 100, 2, 1_000);
     let mut tx = store.begin_write().unwrap();
     for i in (0..20_000).step_by(2) {
-        tx.delete(&key(i)).unwrap();
+        tx.delete(key(i)).unwrap();
     }
     tx.commit().unwrap();
     drop(store);
@@ -487,7 +589,7 @@ fn a_small_commit_on_a_churned_store_compacts_in_proportion_to_its_own_bytes() {
     let mut before = start.clone();
     let mut most = 0;
     for c in 0..3_000u32 {
-        store.put(&key(2 * (c % 10_000)), &[3; 100]).unwrap();
+        store.put(key(2 * (c % 10_000)), [3; 100]).unwrap();
         let now = store.stats().unwrap();
         most = most.max(now.moved_total - before.moved_total);
         before = now;
@@ -502,9 +604,9 @@ fn a_small_commit_on_a_churned_store_compacts_in_proportion_to_its_own_bytes() {
     );
     for c in 0..3_000u32 {
         let i = 2 * (c % 10_000);
-        assert_eq!(store.get(&key(i)).unwrap(), Some(vec![3; 100]), "key {i}");
+        assert_eq!(store.get(key(i)).unwrap(), Some(vec![3; 100]), "key {i}");
         assert_eq!(
-            store.get(&key(i + 1)).unwrap(),
+            store.get(key(i + 1)).unwrap(),
             Some(vec![2; 100]),
             "key {}",
             i + 1

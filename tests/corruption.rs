@@ -38,7 +38,7 @@ fn small_store() -> (Vec<u8>, Committed) {
                 .insert(val.clone());
             committed.last.insert(key, Some(val));
         }
-        tx.delete(&[b'k', round]).unwrap();
+        tx.delete([b'k', round]).unwrap();
         committed.last.insert(vec![b'k', round], None);
         tx.commit().unwrap();
     }

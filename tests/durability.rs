@@ -17,8 +17,7 @@ fn an_immediate_commit_costs_one_flush_in_steady_state() {
         let before = disk.flush_count();
         let mut tx = store.begin_write().unwrap();
         for j in 0..10u32 {
-            tx.put(&(i * 10 + j).to_le_bytes(), &[i as u8; 100])
-                .unwrap();
+            tx.put((i * 10 + j).to_le_bytes(), [i as u8; 100]).unwrap();
         }
         tx.commit().unwrap();
         per_commit.push(disk.flush_count() - before);
@@ -43,7 +42,7 @@ fn eventual_commits_do_not_flush_until_sync() {
     store.put(b"a", b"1").unwrap();
     let before = disk.flush_count();
     for i in 0..50u32 {
-        store.put(&i.to_le_bytes(), b"v").unwrap();
+        store.put(i.to_le_bytes(), b"v").unwrap();
     }
     assert_eq!(disk.flush_count(), before, "Eventual commits flushed");
     store.sync().unwrap();
@@ -97,7 +96,7 @@ fn a_full_disk_fails_the_commit_and_leaves_the_store_as_it_was() {
     store.put(b"keep", b"me").unwrap();
     let seq = store.begin_read().unwrap().seq();
     // 12 MiB cannot fit on an 8 MiB disk.
-    let err = store.put(b"big", &vec![1u8; 12 << 20]).unwrap_err();
+    let err = store.put(b"big", vec![1u8; 12 << 20]).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
     assert!(err.to_string().contains("grow the file"), "{err}");
     let snap = store.begin_read().unwrap();

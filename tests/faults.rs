@@ -30,13 +30,13 @@ fn enospc_from_fallocate_fails_the_commit_and_changes_nothing() {
     store.put(b"keep", b"1").unwrap();
     let before = store.stats().unwrap();
     faults.fail_fallocate(1);
-    let err = store.put(b"big", &big()).unwrap_err();
+    let err = store.put(b"big", big()).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(ENOSPC), "{err}");
     assert!(err.to_string().contains("grow the file"), "{err}");
     assert_eq!(store.stats().unwrap(), before);
     assert_eq!(store.get(b"big").unwrap(), None);
     // Not poisoned: nothing reached the disk, so the same write can succeed.
-    store.put(b"big", &big()).unwrap();
+    store.put(b"big", big()).unwrap();
     drop(store);
     let store = open(&dir, &faults);
     assert_eq!(store.get(b"big").unwrap().map(|v| v.len()), Some(3 << 20));
@@ -51,11 +51,11 @@ fn a_failed_ftruncate_fails_the_commit_and_changes_nothing() {
     let store = open(&dir, &faults);
     store.put(b"keep", b"1").unwrap();
     faults.fail_ftruncate(1);
-    let err = store.put(b"big", &big()).unwrap_err();
+    let err = store.put(b"big", big()).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
     assert_eq!(store.get(b"big").unwrap(), None);
     assert_eq!(store.begin_read().unwrap().seq(), 1);
-    store.put(b"big", &big()).unwrap();
+    store.put(b"big", big()).unwrap();
     drop(store);
     let store = open(&dir, &faults);
     assert_eq!(store.begin_read().unwrap().len(), 2);
@@ -103,7 +103,7 @@ fn a_failed_log_write_fails_the_transaction_and_poisons_the_handle() {
         if i == 100 {
             faults.fail_write(1);
         }
-        if let Err(e) = tx.put(&i.to_be_bytes(), &[1; 100]) {
+        if let Err(e) = tx.put(i.to_be_bytes(), [1; 100]) {
             failed = Some(e);
             break;
         }
@@ -121,7 +121,7 @@ fn a_failed_log_write_fails_the_transaction_and_poisons_the_handle() {
     drop(store);
     let store = open(&dir, &faults);
     assert_eq!(store.get(b"k").unwrap(), Some(b"old".to_vec()));
-    assert_eq!(store.get(&5u32.to_be_bytes()).unwrap(), None);
+    assert_eq!(store.get(5u32.to_be_bytes()).unwrap(), None);
     store.put(b"k", b"newer").unwrap();
     assert!(store.verify().unwrap().is_ok());
 }
@@ -132,7 +132,7 @@ fn a_failed_msync_at_close_leaves_a_store_that_recovers() {
     let faults = Faults::new();
     let store = open(&dir, &faults);
     for i in 0..100u32 {
-        store.put(&i.to_le_bytes(), b"v").unwrap();
+        store.put(i.to_le_bytes(), b"v").unwrap();
     }
     faults.fail_msync(1);
     assert!(store.close().is_err());

@@ -134,11 +134,10 @@ fn regenerate_seed_stores() {
         for round in 0..rounds {
             let mut tx = store.begin_write().unwrap();
             for k in 0..40u8 {
-                tx.put(&[b'k', k], &vec![round; 10 + k as usize * 3])
-                    .unwrap();
+                tx.put([b'k', k], vec![round; 10 + k as usize * 3]).unwrap();
             }
             if round % 2 == 1 {
-                tx.delete(&[b'k', round]).unwrap();
+                tx.delete([b'k', round]).unwrap();
             }
             tx.commit().unwrap();
         }
@@ -189,7 +188,7 @@ fn damaged_files_salvage_and_read_cleanly_with_overflow_checks() {
         let mut failed = !store.verify().is_ok_and(|r| r.is_ok());
         if let Ok(snap) = store.begin_read() {
             for k in 0..40u8 {
-                failed |= snap.get(&[b'k', k]).is_err();
+                failed |= snap.get([b'k', k]).is_err();
             }
             for item in snap.iter() {
                 failed |= item.is_err();

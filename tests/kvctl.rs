@@ -92,10 +92,19 @@ fn errors_are_one_line_with_distinct_exit_codes() {
         err.starts_with("kvctl: ") && err.contains("text.kv") && err.contains("not a mapkv store"),
         "{err}"
     );
-    // Missing store: no store is created by reading commands.
+    // Missing store: reading and deleting create nothing, and say what
+    // would; a first put creates it, as load does.
     let missing = dir.path().join("missing.kv");
-    assert_eq!(code(&kvctl(&missing, &["get", "k"])), 5);
-    assert!(!missing.exists());
+    for args in [&["get", "k"][..], &["del", "k"], &["stats"], &["compact"]] {
+        let o = kvctl(&missing, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(code(&o), 5, "{args:?}: {err}");
+        assert!(err.contains("kvctl init"), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created the store");
+    }
+    assert_eq!(code(&kvctl(&missing, &["put", "k", "v"])), 0);
+    let o = kvctl(&missing, &["get", "k"]);
+    assert_eq!((code(&o), &o.stdout[..]), (0, &b"v"[..]));
 }
 
 #[test]
@@ -509,7 +518,7 @@ fn compact_and_backup_reclaim_and_copy() {
         for round in 0..6u8 {
             let mut tx = store.begin_write().unwrap();
             for k in 0..3_000u32 {
-                tx.put(&k.to_le_bytes(), &[round; 300]).unwrap();
+                tx.put(k.to_le_bytes(), [round; 300]).unwrap();
             }
             tx.commit().unwrap();
         }
@@ -535,7 +544,7 @@ fn compact_and_backup_reclaim_and_copy() {
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(json_lines(&o)[0]["keys"], 3_000);
     let copy = mapkv::Store::open(&dest).unwrap();
-    assert_eq!(copy.get(&7u32.to_le_bytes()).unwrap(), Some(vec![5u8; 300]));
+    assert_eq!(copy.get(7u32.to_le_bytes()).unwrap(), Some(vec![5u8; 300]));
     drop(copy);
     // The destination exists now: refused, with a one-line error.
     let again = kvctl(&db, &["backup", dest.to_str().unwrap()]);

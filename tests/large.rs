@@ -49,7 +49,7 @@ fn a_million_keys_survive_reopen_and_grow_the_index_many_times() {
         for batch in 0..10 {
             let mut tx = store.begin_write().unwrap();
             for i in batch * (N / 10)..(batch + 1) * (N / 10) {
-                tx.put(&key(i), &i.to_le_bytes()).unwrap();
+                tx.put(key(i), i.to_le_bytes()).unwrap();
             }
             tx.commit().unwrap();
         }
@@ -64,12 +64,12 @@ fn a_million_keys_survive_reopen_and_grow_the_index_many_times() {
     assert_eq!(snap.len(), N as u64);
     for i in (0..N).step_by(997) {
         assert_eq!(
-            snap.get(&key(i)).unwrap(),
+            snap.get(key(i)).unwrap(),
             Some(&i.to_le_bytes()[..]),
             "key {i}"
         );
     }
-    assert_eq!(snap.get(&key(N)).unwrap(), None);
+    assert_eq!(snap.get(key(N)).unwrap(), None);
     assert_eq!(snap.iter().count(), N as usize);
     drop(snap);
     let report = store.verify().unwrap();
@@ -86,20 +86,20 @@ fn many_small_commits_persist_across_many_reopens() {
         assert_eq!(store.begin_read().unwrap().len(), round as u64 * 50);
         for i in 0..50u32 {
             store
-                .put(&(round * 50 + i).to_le_bytes(), &round.to_le_bytes())
+                .put((round * 50 + i).to_le_bytes(), round.to_le_bytes())
                 .unwrap();
         }
-        assert!(store.delete(&(round * 50).to_le_bytes()).unwrap());
-        store.put(&(round * 50).to_le_bytes(), b"back").unwrap();
+        assert!(store.delete((round * 50).to_le_bytes()).unwrap());
+        store.put((round * 50).to_le_bytes(), b"back").unwrap();
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.begin_read().unwrap().len(), 1000);
     assert_eq!(
-        store.get(&950u32.to_le_bytes()).unwrap(),
+        store.get(950u32.to_le_bytes()).unwrap(),
         Some(b"back".to_vec())
     );
     assert_eq!(
-        store.get(&951u32.to_le_bytes()).unwrap(),
+        store.get(951u32.to_le_bytes()).unwrap(),
         Some(19u32.to_le_bytes().to_vec())
     );
     assert!(store.verify().unwrap().is_ok());

@@ -68,7 +68,7 @@ fn child_writer() {
     let store = Store::open(db).unwrap();
     let mut tx = store.begin_write().unwrap();
     for i in 0..keys {
-        tx.put(format!("child-{i}").as_bytes(), &[7u8; 64]).unwrap();
+        tx.put(format!("child-{i}").as_bytes(), [7u8; 64]).unwrap();
     }
     println!("locked");
     std::io::stdout().flush().unwrap();

@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use mapkv::faults::{Faults, PausePoint};
 use mapkv::{Error, Options, Store};
 use rand::Rng;
 
@@ -204,11 +205,19 @@ fn wait_for_commit_returns_at_once_wakes_on_a_commit_and_times_out() {
         seq
     );
     assert!(t.elapsed() >= Duration::from_millis(100));
-    // Woken by another handle's commit (no timeout at all).
+    // Woken by another handle's commit (no timeout at all). The commit
+    // comes only once the waiter found nothing newer and went to sleep:
+    // by that condition, not by a guess at how long a thread takes.
+    drop(store);
+    let faults = Faults::new();
+    let store = Options::new().faults(faults.clone()).open(&db).unwrap();
     let other = Store::open(&db).unwrap();
     std::thread::scope(|s| {
         let waiter = s.spawn(|| store.wait_for_commit(seq, None).unwrap());
-        std::thread::sleep(Duration::from_millis(50));
+        while faults.times_reached(PausePoint::CommitWaitSleeps) == 0 {
+            assert!(!waiter.is_finished(), "returned without a new commit");
+            std::thread::yield_now();
+        }
         other.put(b"k", b"2").unwrap();
         assert_eq!(waiter.join().unwrap(), seq + 1);
     });

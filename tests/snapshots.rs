@@ -22,7 +22,7 @@ fn total(store: &Store) -> (u64, u64, u64) {
     let snap = store.begin_read().unwrap();
     let mut sum = 0;
     for i in 0..ACCOUNTS {
-        let v = snap.get(&key(i)).unwrap().expect("account exists");
+        let v = snap.get(key(i)).unwrap().expect("account exists");
         sum += u64::from_le_bytes(v[..8].try_into().unwrap());
     }
     // The same snapshot through iteration.
@@ -50,7 +50,7 @@ fn every_snapshot_sees_a_constant_total() {
     );
     let mut tx = store.begin_write().unwrap();
     for i in 0..ACCOUNTS {
-        tx.put(&key(i), &START.to_le_bytes()).unwrap();
+        tx.put(key(i), START.to_le_bytes()).unwrap();
     }
     tx.commit().unwrap();
     let file_len = |s: &Store| s.stats().unwrap().file_bytes;
@@ -87,7 +87,7 @@ fn every_snapshot_sees_a_constant_total() {
                         let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
                         let get = |tx: &mapkv::WriteTxn<'_>, k| {
                             u64::from_le_bytes(
-                                tx.get(&key(k)).unwrap().unwrap()[..8].try_into().unwrap(),
+                                tx.get(key(k)).unwrap().unwrap()[..8].try_into().unwrap(),
                             )
                         };
                         let (va, vb) = (get(&tx, a), get(&tx, b));
@@ -95,10 +95,10 @@ fn every_snapshot_sees_a_constant_total() {
                         // Padding makes the log (and so the file) grow fast.
                         let mut buf = vec![w as u8; 2000];
                         buf[..8].copy_from_slice(&(va - amount).to_le_bytes());
-                        tx.put(&key(a), &buf).unwrap();
+                        tx.put(key(a), &buf).unwrap();
                         let vb = if a == b { va - amount } else { vb };
                         buf[..8].copy_from_slice(&(vb + amount).to_le_bytes());
-                        tx.put(&key(b), &buf).unwrap();
+                        tx.put(key(b), &buf).unwrap();
                     }
                     if rng.gen_bool(0.1) {
                         tx.abort();
@@ -146,8 +146,8 @@ fn a_snapshot_taken_before_many_growths_still_reads_its_values() {
     let len0 = store.stats().unwrap().file_bytes;
     let big = vec![3u8; 1 << 20];
     for i in 0..40u32 {
-        store.put(&i.to_le_bytes(), &big).unwrap();
-        store.put(b"k", &i.to_le_bytes()).unwrap();
+        store.put(i.to_le_bytes(), &big).unwrap();
+        store.put(b"k", i.to_le_bytes()).unwrap();
     }
     assert!(store.stats().unwrap().file_bytes > 16 * len0);
     assert_eq!(old.get(b"k").unwrap(), Some(&b"first"[..]));

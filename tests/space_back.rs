@@ -15,7 +15,7 @@ fn fill(store: &Store, keys: u32, round: u8) {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
         let mut tx = store.begin_write().unwrap();
         for &i in chunk {
-            tx.put(&key(i), &[round; 1024]).unwrap();
+            tx.put(key(i), [round; 1024]).unwrap();
         }
         tx.commit().unwrap();
     }
@@ -37,7 +37,7 @@ fn churned(dir: &std::path::Path, faults: &Faults) -> (Store, Store) {
     fill(&store, 20_000, 2);
     let mut tx = store.begin_write().unwrap();
     for i in 2_000..20_000 {
-        tx.delete(&key(i)).unwrap();
+        tx.delete(key(i)).unwrap();
     }
     tx.commit().unwrap();
     (store, other)
@@ -83,7 +83,7 @@ fn compaction_gives_blocks_back_while_another_handle_maps_the_file() {
         let snap = h.begin_read().unwrap();
         assert_eq!(snap.len(), 2_000);
         for i in 0..2_000 {
-            assert_eq!(snap.get(&key(i)).unwrap(), Some(&[2u8; 1024][..]));
+            assert_eq!(snap.get(key(i)).unwrap(), Some(&[2u8; 1024][..]));
         }
     }
     store.verify().unwrap();
@@ -108,7 +108,7 @@ fn reusing_punched_space_on_a_full_disk_is_an_error_and_loses_nothing() {
     let mut tx = store.begin_write().unwrap();
     let mut failed = None;
     for i in 0..8_000 {
-        if let Err(e) = tx.put(&key(100_000 + i), &[7; 1024]) {
+        if let Err(e) = tx.put(key(100_000 + i), [7; 1024]) {
             failed = Some(e);
             break;
         }
@@ -133,7 +133,7 @@ fn reusing_punched_space_on_a_full_disk_is_an_error_and_loses_nothing() {
     assert_eq!(snap.seq(), seq, "a failed commit changed the state");
     assert_eq!(snap.len(), 2_000);
     for i in 0..2_000 {
-        assert_eq!(snap.get(&key(i)).unwrap(), Some(&[2u8; 1024][..]));
+        assert_eq!(snap.get(key(i)).unwrap(), Some(&[2u8; 1024][..]));
     }
     drop(snap);
     // With room again, the same space is reused.
@@ -195,7 +195,7 @@ fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
     let value = |n: u32| vec![n as u8; 3_000_000];
     let mut n = 0u32;
     let err = loop {
-        match store.put(&key(n), &value(n)) {
+        match store.put(key(n), value(n)) {
             Ok(()) => n += 1,
             Err(e) => break e,
         }
@@ -207,7 +207,7 @@ fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
     assert!(n >= 8, "only {n} values fit");
     let full = store.stats().unwrap();
     for i in 0..3 {
-        assert!(store.delete(&key(i)).unwrap());
+        assert!(store.delete(key(i)).unwrap());
     }
     let report = store.compact().unwrap();
     let after = store.stats().unwrap();
@@ -224,9 +224,9 @@ fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
     );
     assert!(after.file_bytes <= full.file_bytes, "the file grew");
     for i in 3..n {
-        assert_eq!(store.get(&key(i)).unwrap(), Some(value(i)), "key {i}");
+        assert_eq!(store.get(key(i)).unwrap(), Some(value(i)), "key {i}");
     }
-    store.put(b"after", &value(99)).unwrap();
+    store.put(b"after", value(99)).unwrap();
     store.verify().unwrap();
     drop(store);
     let store = Store::open(&path).unwrap();

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub writer: Mutex<Writer>,
     /// Injected failures and test pause points (`Options::faults`).
     pub faults: Faults,
+    /// `close` ran (by `Store::close`, or when the last handle dropped).
+    closed: AtomicBool,
 }
 
 /// The writer's private state (in this process).

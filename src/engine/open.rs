@@ -170,6 +170,8 @@ impl Shared {
             joined: AtomicBool::new(false),
             registry: Registry::new(),
             faults: opts.faults.clone(),
+            // Until the open succeeds: a failed open closes nothing.
+            closed: AtomicBool::new(true),
             writer: Mutex::new(Writer {
                 state: from_meta,
                 unsynced: Vec::new(),
@@ -232,6 +234,7 @@ impl Shared {
         if opts.warm_on_open {
             shared.warm_if_cold();
         }
+        shared.closed = AtomicBool::new(false);
         Ok(shared)
     }
 

@@ -105,6 +105,7 @@ impl Shared {
         &self,
         map: &'m Mapping,
         st: &State,
+        fence: &Fence,
         key: &[u8],
     ) -> Result<Option<&'m [u8]>> {
         // A short key is read once, a byte at a time, so that the hash's
@@ -118,12 +119,12 @@ impl Shared {
             key
         };
         let hash = hash_key(self.seed, key);
-        match st.table().quick_lookup(map, &st.fence(), hash, key, st.seq) {
+        match st.table().quick_lookup(map, fence, hash, key, st.seq) {
             Quick::Value(v) => Ok(Some(v)),
             Quick::Deleted => Ok(None),
             // While the index moves, the key may still be in the old table.
             Quick::Vacant if st.old_table().is_none() => Ok(None),
-            Quick::Vacant | Quick::Checked => self.lookup_checked(map, st, key),
+            Quick::Vacant | Quick::Checked => self.lookup_checked(map, st, fence, key),
         }
     }
 
@@ -135,12 +136,13 @@ impl Shared {
         &self,
         map: &'m Mapping,
         st: &State,
+        fence: &Fence,
         key: &[u8],
     ) -> Result<Option<&'m [u8]>> {
         let recs = SnapshotRecords {
             shared: self,
             base: map,
-            fence: st.fence(),
+            fence: *fence,
         };
         let Some(head) = self.head(map, &recs, st, key)? else {
             return Ok(None);

@@ -9,6 +9,7 @@ use crate::index::Table;
 use crate::live::State;
 use crate::space::{Space, Use};
 use crate::storage::{LockId, LockMode, Mapping};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Shared {
@@ -196,6 +197,9 @@ impl Shared {
     /// nor scans the index. A store still clean (nothing was written since
     /// the last clean checkpoint) is left alone.
     pub(crate) fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         self.registry.close(&*self.backend, &self.map.load());
         if !self.writable() || self.offline.is_some() {
             return Ok(());
@@ -221,5 +225,13 @@ impl Shared {
         };
         let _ = self.lock(LockId::Open, LockMode::Shared, true);
         result
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle of a store (every clone of its `Store`, every
+    /// `Snapshot`) closes it, ignoring errors (`Store::close` reports them).
+    fn drop(&mut self) {
+        let _ = self.close();
     }
 }

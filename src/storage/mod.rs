@@ -190,6 +190,7 @@ pub(crate) enum Prepare {
 pub(crate) enum Owner {
     Mmap(memmap2::MmapRaw),
     /// Only held: the Arc keeps the simulated disk's buffer alive.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Sim {
         _keep: Arc<dyn Send + Sync>,
     },

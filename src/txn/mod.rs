@@ -25,7 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::{Arc, MutexGuard};
 
 pub(crate) use self::compact::Choose;
-pub use self::read::{Iter, ReadTxn};
+pub use self::read::{Iter, ReadTxn, Snapshot};
 
 /// The one write transaction of the store (across threads and processes).
 ///
@@ -34,6 +34,19 @@ pub use self::read::{Iter, ReadTxn};
 /// the file with one `pwrite`); [`get`](Self::get) sees them.
 /// [`commit`](Self::commit) makes them visible to everyone at once;
 /// dropping the transaction without committing discards them.
+///
+/// Neither `Send` nor `Sync`: it holds the writer's mutex guard, which the
+/// thread that took it must release, and keeps caches in `RefCell`s. Run a
+/// write transaction on one thread; share the [`Store`](crate::Store).
+///
+/// ```compile_fail
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = mapkv::Store::open(dir.path().join("bank.kv")).unwrap();
+/// let tx = store.begin_write().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || tx.commit()); // error: `WriteTxn` is not `Send`
+/// });
+/// ```
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;

@@ -5,10 +5,10 @@ use crate::changes::Changes;
 use crate::engine::{Shared, SnapshotRecords, PREFETCH_AHEAD};
 use crate::error::Result;
 use crate::format::*;
-use crate::index::Records;
+use crate::index::{quick_record, Find, Quick, Records};
 use crate::live::State;
 use crate::readers::Slot;
-use crate::storage::Mapping;
+use crate::storage::{Fence, Mapping};
 use std::sync::Arc;
 
 /// A snapshot: one committed state of the store, for as long as it lives.
@@ -30,12 +30,74 @@ use std::sync::Arc;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ReadTxn<'s> {
-    shared: &'s Shared,
+    shared: Handle<'s>,
     pub(crate) map: Arc<Mapping>,
     pub(crate) st: State,
+    /// `st.fence()`, computed once: every read checks offsets against it.
+    pub(crate) fence: Fence,
     /// Its entry in the reader table (none for a handle that cannot
     /// register; it holds the pin lock instead).
     slot: Option<Slot>,
+}
+
+/// How a read transaction holds its store: borrowed from a
+/// [`Store`](crate::Store) (a `ReadTxn`) or owned (a [`Snapshot`]).
+enum Handle<'s> {
+    Borrowed(&'s Shared),
+    Owned(Arc<Shared>),
+}
+
+impl std::ops::Deref for Handle<'_> {
+    type Target = Shared;
+    #[inline]
+    fn deref(&self) -> &Shared {
+        match self {
+            Handle::Borrowed(s) => s,
+            Handle::Owned(s) => s,
+        }
+    }
+}
+
+/// A snapshot that owns its handle to the store: `'static`, `Send` and
+/// `Sync`, so it can live in a struct or move to another thread, and it
+/// keeps its mapping (and the store) open for as long as it lives. Every
+/// read method of [`ReadTxn`] works on it (through `Deref`).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+/// store.put(b"config", b"v1")?;
+/// let snap: mapkv::Snapshot = store.snapshot()?;
+/// store.put(b"config", b"v2")?;
+/// let reader = std::thread::spawn(move || snap.get(b"config").map(|v| v.map(<[u8]>::to_vec)));
+/// assert_eq!(reader.join().unwrap()?, Some(b"v1".to_vec()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Snapshot {
+    txn: ReadTxn<'static>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(shared: Arc<Shared>) -> Result<Snapshot> {
+        Ok(Snapshot {
+            txn: ReadTxn::with(Handle::Owned(shared))?,
+        })
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = ReadTxn<'static>;
+    fn deref(&self) -> &ReadTxn<'static> {
+        &self.txn
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("seq", &self.seq())
+            .finish()
+    }
 }
 
 impl Drop for ReadTxn<'_> {
@@ -48,10 +110,15 @@ impl Drop for ReadTxn<'_> {
 
 impl<'s> ReadTxn<'s> {
     pub(crate) fn new(shared: &'s Shared) -> Result<ReadTxn<'s>> {
+        ReadTxn::with(Handle::Borrowed(shared))
+    }
+
+    fn with(shared: Handle<'s>) -> Result<ReadTxn<'s>> {
         let (st, map, slot) = shared.begin_snapshot()?;
         Ok(ReadTxn {
             shared,
             map,
+            fence: st.fence(),
             st,
             slot,
         })
@@ -63,13 +130,109 @@ impl<'s> ReadTxn<'s> {
     /// `EmptyKey`/`KeyTooLarge` for an invalid key; `Corrupted` if the
     /// index or the record fails its checks (the record's CRC is verified
     /// on every read).
-    pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+    #[inline]
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
+        self.get_bytes(key.as_ref())
+    }
+
+    fn get_bytes(&self, key: &[u8]) -> Result<Option<&[u8]>> {
         check_key(key)?;
-        self.shared.lookup(&self.map, &self.st, key)
+        self.shared.lookup(&self.map, &self.st, &self.fence, key)
+    }
+
+    /// The values of many keys at once, in the order asked (`None` for an
+    /// absent key): what a loop of [`get`](Self::get)s returns, faster.
+    /// A random get waits on two memory misses one after the other (its
+    /// index slot, then its record); here the misses of many keys
+    /// overlap — every key's hash first, slots loaded a few keys ahead,
+    /// records a few keys behind them — as RocksDB's `MultiGet` does.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"a", b"1")?;
+    /// store.put(b"c", b"3")?;
+    /// let snap = store.begin_read()?;
+    /// let got = snap.get_many(&[&b"a"[..], b"b", b"c"])?;
+    /// assert_eq!(got, vec![Some(&b"1"[..]), None, Some(&b"3"[..])]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), for the first key that fails.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<&[u8]>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        self.get_many_into(keys, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`get_many`](Self::get_many) into a caller's vector (cleared
+    /// first), so a loop of batches allocates once.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), for the first key that fails; `out` then
+    /// holds the values before it.
+    pub fn get_many_into<'a, K: AsRef<[u8]>>(
+        &'a self,
+        keys: &[K],
+        out: &mut Vec<Option<&'a [u8]>>,
+    ) -> Result<()> {
+        // Slots are loaded `2 * AHEAD` keys ahead of the key answered, and
+        // records `AHEAD` keys ahead: enough misses in flight to fill the
+        // memory system, few enough to stay in the cache.
+        const AHEAD: usize = 8;
+        out.clear();
+        let map = &*self.map;
+        let table = self.st.table();
+        let moving = self.st.old_table().is_some();
+        let mut hashes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = key.as_ref();
+            check_key(key)?;
+            hashes.push(hash_key(self.shared.seed, key));
+        }
+        let mut finds = vec![Find::Checked; keys.len()];
+        let find = |i: usize, finds: &mut [Find]| {
+            let f = table.quick_find(map, hashes[i]);
+            if let Find::Record(off) = f {
+                map.prefetch(off);
+            }
+            finds[i] = f;
+        };
+        for &h in hashes.iter().take(2 * AHEAD) {
+            table.prefetch(map, h);
+        }
+        for i in 0..AHEAD.min(keys.len()) {
+            find(i, &mut finds);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(&h) = hashes.get(i + 2 * AHEAD) {
+                table.prefetch(map, h);
+            }
+            if i + AHEAD < keys.len() {
+                find(i + AHEAD, &mut finds);
+            }
+            let key = key.as_ref();
+            let quick = match finds[i] {
+                Find::Record(off) => quick_record(map, &self.fence, off, key, self.st.seq),
+                Find::Vacant => Quick::Vacant,
+                Find::Checked => Quick::Checked,
+            };
+            out.push(match quick {
+                Quick::Value(v) => Some(v),
+                Quick::Deleted => None,
+                Quick::Vacant if !moving => None,
+                Quick::Vacant | Quick::Checked => {
+                    self.shared
+                        .lookup_checked(map, &self.st, &self.fence, key)?
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Whether `key` has a value in this snapshot.
-    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         Ok(self.get(key)?.is_some())
     }
 
@@ -120,7 +283,7 @@ impl<'s> ReadTxn<'s> {
     /// `Corrupted` if a commit or record on the way fails its checks (the
     /// iterator yields that error and stops).
     pub fn changes_since(&self, seq: u64) -> Result<Changes<'_>> {
-        Changes::new(self.shared, &self.map, &self.st, seq)
+        Changes::new(&self.shared, &self.map, &self.st, seq)
     }
 
     /// Every key and value of the snapshot, in no particular order.
@@ -154,9 +317,9 @@ impl<'s> ReadTxn<'s> {
         old: bool,
     ) -> Result<Option<(&'m [u8], &'m [u8])>> {
         let recs = SnapshotRecords {
-            shared: self.shared,
+            shared: &self.shared,
             base: map,
-            fence: self.st.fence(),
+            fence: self.fence,
         };
         let head = recs.header(head_off).map_err(|e| {
             self.shared
@@ -238,7 +401,8 @@ impl<'t> Iterator for Iter<'t> {
 mod tests {
     use crate::format::hash_key;
     use crate::index::Quick;
-    use crate::Store;
+    use crate::sim::SimDisk;
+    use crate::Options;
 
     use super::ReadTxn;
 
@@ -256,12 +420,22 @@ mod tests {
     /// does not give.
     fn compare(r: &ReadTxn, keys: impl Iterator<Item = Vec<u8>>) -> Answers {
         let mut a = Answers::default();
+        let keys: Vec<Vec<u8>> = keys.collect();
+        // The batched path answers as the single one, key by key.
+        let many = r.get_many(&keys).unwrap();
+        assert_eq!(many.len(), keys.len());
+        for (key, got) in keys.iter().zip(&many) {
+            assert_eq!(*got, r.get(key).unwrap(), "get_many of {key:?}");
+        }
         for key in keys {
             let hash = hash_key(r.shared.seed, &key);
             let quick =
                 r.st.table()
-                    .quick_lookup(&r.map, &r.st.fence(), hash, &key, r.st.seq);
-            let checked = r.shared.lookup_checked(&r.map, &r.st, &key).unwrap();
+                    .quick_lookup(&r.map, &r.fence, hash, &key, r.st.seq);
+            let checked = r
+                .shared
+                .lookup_checked(&r.map, &r.st, &r.fence, &key)
+                .unwrap();
             assert_eq!(r.get(&key).unwrap(), checked, "get of {key:?}");
             match quick {
                 Quick::Value(v) => {
@@ -288,24 +462,34 @@ mod tests {
         format!("key-{i:06}").into_bytes()
     }
 
+    /// Seeds of the hash, fixed so that a failure replays: the checked
+    /// path's share depends on which keys share a 24-bit tag.
     #[test]
     fn the_quick_lookup_answers_the_common_case_as_the_checked_path_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path().join("q.kv")).unwrap();
+        for seed in [0x5eed, 0xdead_beef] {
+            eprintln!("hash seed {seed:#x}");
+            quick_lookup_matches_the_checked_path(seed);
+        }
+    }
+
+    fn quick_lookup_matches_the_checked_path(seed: u64) {
+        let disk = SimDisk::new(256 << 20);
+        disk.set_hash_seed(seed);
+        let s = Options::new().open_sim(&disk).unwrap();
         const N: u32 = 24_000;
         let mut moving = 0;
         for c in 0..N / 1000 {
             let mut w = s.begin_write().unwrap();
             for i in c * 1000..(c + 1) * 1000 {
-                w.put(&key(i), &i.to_le_bytes()).unwrap();
+                w.put(key(i), i.to_le_bytes()).unwrap();
             }
             w.commit().unwrap();
             let r = s.begin_read().unwrap();
             // Present keys, absent ones past them; while the index moves,
             // a vacancy in the new table is not an answer.
             let a = compare(&r, (0..(c + 1) * 1000 + 500).map(key));
-            // A slot of another key with the same 24-bit tag (the seed is
-            // random) sends a lookup to the checked path: rarely.
+            // A slot of another key with the same 24-bit tag sends a
+            // lookup to the checked path: rarely.
             assert!(a.checked <= 2, "{a:?}");
             if r.st.old_table().is_some() {
                 // Keys not moved yet are vacant in the new table.
@@ -323,10 +507,10 @@ mod tests {
         let before = s.begin_read().unwrap();
         let mut w = s.begin_write().unwrap();
         for i in (0..N).step_by(2) {
-            w.put(&key(i), b"new").unwrap();
+            w.put(key(i), b"new").unwrap();
         }
         for i in (0..N).step_by(3) {
-            w.delete(&key(i)).unwrap();
+            w.delete(key(i)).unwrap();
         }
         w.commit().unwrap();
 
@@ -340,9 +524,9 @@ mod tests {
         // it, and only the checked path walks to the older version.
         let a = compare(&before, (0..N).map(key));
         assert!(a.checked >= u64::from(N / 2), "{a:?}");
-        assert_eq!(before.get(&key(0)).unwrap(), Some(&0u32.to_le_bytes()[..]));
-        assert_eq!(r.get(&key(0)).unwrap(), None);
-        assert_eq!(r.get(&key(2)).unwrap(), Some(&b"new"[..]));
+        assert_eq!(before.get(key(0)).unwrap(), Some(&0u32.to_le_bytes()[..]));
+        assert_eq!(r.get(key(0)).unwrap(), None);
+        assert_eq!(r.get(key(2)).unwrap(), Some(&b"new"[..]));
 
         // Keys on both sides of the short-key copy (16 bytes), and a
         // long one.
@@ -350,14 +534,14 @@ mod tests {
         let lens = (1..=40).chain([1000]);
         let mut w = s.begin_write().unwrap();
         for len in lens.clone() {
-            w.put(&long(len), &len.to_le_bytes()).unwrap();
+            w.put(long(len), len.to_le_bytes()).unwrap();
         }
         w.commit().unwrap();
         let r = s.begin_read().unwrap();
         let a = compare(&r, lens.clone().map(long));
         assert!(a.value + a.checked == 41 && a.checked <= 2, "{a:?}");
         for len in lens {
-            assert_eq!(r.get(&long(len)).unwrap(), Some(&len.to_le_bytes()[..]));
+            assert_eq!(r.get(long(len)).unwrap(), Some(&len.to_le_bytes()[..]));
         }
     }
 }

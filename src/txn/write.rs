@@ -82,7 +82,11 @@ impl<'s> WriteTxn<'s> {
 
     /// The value of `key` as this transaction sees it: its own writes over
     /// the newest commit.
-    pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
+        self.get_bytes(key.as_ref())
+    }
+
+    fn get_bytes(&self, key: &[u8]) -> Result<Option<&[u8]>> {
         check_key(key)?;
         let hash = hash_key(self.shared.seed, key);
         match self.pending_of(hash, key) {
@@ -97,7 +101,9 @@ impl<'s> WriteTxn<'s> {
                         .corrupted(val_off, "own record lies past the map")
                 })?))
             }
-            None => self.shared.lookup(&self.map, &self.base, key),
+            None => self
+                .shared
+                .lookup(&self.map, &self.base, &self.staged.fence, key),
         }
     }
 
@@ -107,7 +113,11 @@ impl<'s> WriteTxn<'s> {
     /// `EmptyKey`, `KeyTooLarge`, `ValueTooLarge`; `Io` (`ENOSPC`) if the
     /// file cannot grow — the transaction is unchanged and can go on;
     /// `Unsupported` past 4,294,967,294 distinct keys in one transaction.
-    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.put_bytes(key.as_ref(), value.as_ref())
+    }
+
+    fn put_bytes(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
         let hash = hash_key(self.shared.seed, key);
@@ -119,7 +129,11 @@ impl<'s> WriteTxn<'s> {
     }
 
     /// Removes `key`. Returns whether it had a value.
-    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
+        self.delete_bytes(key.as_ref())
+    }
+
+    fn delete_bytes(&mut self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
         let hash = hash_key(self.shared.seed, key);
         let pending = self.pending_of(hash, key);

@@ -301,6 +301,11 @@ fn main() -> Res<()> {
         ),
         ("readrandom: 2 threads", "readrandom2_ops", Unit::Ops),
         (
+            "readrandom: 1,000 keys per call (engines that can: get_many)",
+            "readbatch_ops",
+            Unit::Ops,
+        ),
+        (
             "cold: 10,000 random gets after the pages were dropped, per get",
             "cold_us",
             Unit::Micros,
@@ -454,6 +459,10 @@ fn main() -> Res<()> {
     println!(
         "| readrandom: 2 threads ÷ 1 thread | {} | {} | {} | | |",
         scale[0], scale[1], scale[2]
+    );
+    println!(
+        "| readrandom: get_many ÷ single gets | {:.2}× | — | — | | |",
+        median(&runs["mapkv"], "readbatch_ops") / median(&runs["mapkv"], "readrandom_ops")
     );
     table(small_rows, &small, SMALL_N);
     for (i, label) in [

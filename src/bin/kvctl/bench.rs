@@ -67,7 +67,7 @@ fn bench(ctx: &Ctx, a: &Args, dir: &std::path::Path) -> Outcome {
     while i < n {
         let mut tx = store.begin_write()?;
         for _ in 0..1_000.min(n - i) {
-            tx.put(&key(i), &value)?;
+            tx.put(key(i), &value)?;
             i += 1;
         }
         tx.commit()?;
@@ -83,7 +83,7 @@ fn bench(ctx: &Ctx, a: &Args, dir: &std::path::Path) -> Outcome {
         x ^= x >> 7;
         x ^= x << 17;
         let s = Instant::now();
-        black_box(snap.get(&key(x % n))?);
+        black_box(snap.get(key(x % n))?);
         lat.push(s.elapsed());
     }
     let reads = n as f64 / t.elapsed().as_secs_f64();
@@ -94,7 +94,7 @@ fn bench(ctx: &Ctx, a: &Args, dir: &std::path::Path) -> Outcome {
     let t = Instant::now();
     for c in 0..a.commits {
         let s = Instant::now();
-        store.put(&key(n + c), &value)?;
+        store.put(key(n + c), &value)?;
         lat.push(s.elapsed());
     }
     let commits = a.commits as f64 / t.elapsed().as_secs_f64();

@@ -18,6 +18,7 @@ mod put;
 mod readers;
 mod salvage;
 mod stats;
+#[cfg(feature = "testing")]
 mod torture;
 mod verify;
 mod watch;
@@ -92,6 +93,8 @@ enum Command {
     Load(load::Args),
     Watch(watch::Args),
     Readers(readers::Args),
+    // Only with the `testing` feature.
+    #[cfg(feature = "testing")]
     Torture(torture::Args),
     Bench(bench::Args),
     Inspect(inspect::Args),
@@ -151,6 +154,7 @@ type Outcome = Result<u8, Fail>;
 
 fn main() -> ExitCode {
     // `kvctl torture` runs kvctl itself as the writer it kills.
+    #[cfg(feature = "testing")]
     if let Some(result) = mapkv::torture::child_from_env() {
         return match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -170,7 +174,9 @@ fn main() -> ExitCode {
     }
     // Commands that need no store.
     let db = match (&cli.cmd, cli.db) {
-        (Command::Torture(_) | Command::Bench(_), db) => db.unwrap_or_default(),
+        #[cfg(feature = "testing")]
+        (Command::Torture(_), db) => db.unwrap_or_default(),
+        (Command::Bench(_), db) => db.unwrap_or_default(),
         (_, Some(db)) => db,
         (_, None) => {
             eprintln!("kvctl: no store given: use --db PATH or set MAPKV_DB");
@@ -202,6 +208,7 @@ fn main() -> ExitCode {
         Command::Load(a) => load::run(&ctx, a),
         Command::Watch(a) => watch::run(&ctx, a),
         Command::Readers(a) => readers::run(&ctx, a),
+        #[cfg(feature = "testing")]
         Command::Torture(a) => torture::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
@@ -221,7 +228,17 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
         Err(Fail::Store(e)) => {
-            eprintln!("kvctl: {e}");
+            // One rule: `init`, `put` and `load` create a store; every
+            // other command needs one and says so.
+            let hint = match &e {
+                mapkv::Error::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    " (no store there: `kvctl init`, `put` or `load` creates one)"
+                }
+                _ => "",
+            };
+            eprintln!("kvctl: {e}{hint}");
             ExitCode::from(match e {
                 mapkv::Error::Corrupted { .. }
                 | mapkv::Error::NotAStore { .. }
@@ -236,7 +253,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens an existing store (commands other than `init` never create one).
+/// Opens an existing store (only `init`, `put` and `load` create one).
 fn open_existing(db: &Path) -> mapkv::Result<mapkv::Store> {
     mapkv::Options::new().create(false).open(db)
 }

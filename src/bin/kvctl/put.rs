@@ -3,9 +3,10 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use crate::{begin_write, io_fail, open_existing, Ctx, Fail, Outcome, EXIT_NOT_FOUND, EXIT_OK};
+use crate::{begin_write, io_fail, Ctx, Fail, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Set KEY to VALUE (from the argument, `--file`, or standard input with `-`).
+/// Creates the store if it does not exist, as `load` does.
 ///
 /// With --if-absent an existing key is left alone (exit 1, "exists" on
 /// standard error). With --hex or --base64 KEY and VALUE are in that encoding
@@ -29,8 +30,9 @@ pub struct Args {
     /// Do nothing (exit 1) if the key already has a value.
     #[arg(long)]
     if_absent: bool,
-    /// Create the store if it does not exist.
-    #[arg(long)]
+    /// Create the store if it does not exist: the default now, kept so
+    /// that scripts passing it still work.
+    #[arg(long, hide = true)]
     create: bool,
 }
 
@@ -48,11 +50,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
         (Some(v), None) => ctx.enc.decode("value", v).map_err(Fail::Usage)?,
         (None, None) => unreachable!("clap requires a value or --file"),
     };
-    let store = if a.create {
-        mapkv::Store::open(&ctx.db)?
-    } else {
-        open_existing(&ctx.db)?
-    };
+    let _ = a.create;
+    let store = mapkv::Store::open(&ctx.db)?;
     let mut tx = begin_write(&store, ctx.wait)?;
     if a.if_absent && tx.get(&key)?.is_some() {
         drop(tx);
