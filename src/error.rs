@@ -195,6 +195,9 @@ impl std::error::Error for Error {
     }
 }
 
+/// For callers' own `?` on I/O results. The crate never uses it: every
+/// I/O error it returns names the file and the operation (this one has an
+/// empty path).
 impl From<io::Error> for Error {
     fn from(source: io::Error) -> Error {
         Error::Io {

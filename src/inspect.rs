@@ -14,6 +14,7 @@ use crate::readers;
 /// What [`inspect`] found at an offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use]
 pub struct Inspection {
     /// The offset asked for.
     pub offset: u64,

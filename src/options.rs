@@ -14,8 +14,11 @@ use crate::Store;
 /// See [`Options::compact_threshold`].
 const DEFAULT_COMPACT_THRESHOLD: f64 = 0.3;
 
-/// When `commit()` returns, how safe is the commit?
+/// When `commit()` returns, how safe is the commit? (Non-exhaustive: a
+/// level may be added, such as the memory-only durability of a store in
+/// shared memory.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
     /// The commit is on disk: it survives a process kill and a power loss.
     /// Costs one `msync(MS_SYNC)` per commit.
@@ -86,12 +89,14 @@ impl Options {
     /// [`Stats::unregistered_readers`]: crate::Stats::unregistered_readers
     /// [`Store::wait_for_commit`]: crate::Store::wait_for_commit
     /// [`Error::NeedsRecovery`]: crate::Error::NeedsRecovery
+    #[must_use]
     pub fn read_only(mut self, yes: bool) -> Options {
         self.read_only = yes;
         self
     }
 
     /// Create the store if the file does not exist (default `true`).
+    #[must_use]
     pub fn create(mut self, yes: bool) -> Options {
         self.create = yes;
         self
@@ -100,6 +105,7 @@ impl Options {
     /// The durability of commits made through this handle (default
     /// [`Durability::Immediate`]); a transaction can override it with
     /// [`WriteTxn::set_durability`](crate::WriteTxn::set_durability).
+    #[must_use]
     pub fn durability(mut self, d: Durability) -> Options {
         self.durability = d;
         self
@@ -124,6 +130,7 @@ impl Options {
     ///     .open(dir.path().join("data.kv"))?;
     /// # Ok::<(), mapkv::Error>(())
     /// ```
+    #[must_use]
     pub fn auto_compact(mut self, on: bool) -> Options {
         self.auto_compact = on;
         self
@@ -144,6 +151,7 @@ impl Options {
     ///     .open(dir.path().join("data.kv"))?;
     /// # Ok::<(), mapkv::Error>(())
     /// ```
+    #[must_use]
     pub fn warm_on_open(mut self, yes: bool) -> Options {
         self.warm_on_open = yes;
         self
@@ -157,6 +165,7 @@ impl Options {
     /// 100,000 keys), 0.2 copied 0.69 bytes per byte written, 0.3 copied
     /// 0.52 and wrote 30% faster; the file peaked at 1.97× the live records
     /// with either (set by growth steps early on, not by the threshold).
+    #[must_use]
     pub fn compact_threshold(mut self, fraction: f64) -> Options {
         self.compact_threshold = if fraction.is_nan() {
             DEFAULT_COMPACT_THRESHOLD
@@ -170,6 +179,7 @@ impl Options {
     /// for testing what the store does when the system says no. (Feature
     /// `testing`.)
     #[cfg(feature = "testing")]
+    #[must_use]
     pub fn faults(mut self, faults: Faults) -> Options {
         self.faults = faults;
         self

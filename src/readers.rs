@@ -54,6 +54,7 @@ fn now_micros() -> u64 {
 /// A registered snapshot, as [`Store::readers`](crate::Store::readers)
 /// lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SnapshotInfo {
     /// Process id of the owner (informational: liveness is checked with a
     /// lock, not with this pid).

@@ -15,6 +15,7 @@ use crate::storage::Mapping;
 /// Counters of one committed state, from [`Store::stats`](crate::Store::stats).
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
+#[must_use]
 pub struct Stats {
     /// The newest commit.
     pub seq: u64,
@@ -127,6 +128,7 @@ pub(crate) fn stats(st: &State, space: &Space) -> Stats {
 
 /// One thing [`Store::verify`](crate::Store::verify) found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Problem {
     /// File offset of the damaged structure.
     pub offset: u64,
@@ -137,6 +139,7 @@ pub struct Problem {
 /// What [`Store::verify`](crate::Store::verify) checked and found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use]
 pub struct VerifyReport {
     /// The commit that was checked.
     pub seq: u64,

@@ -543,7 +543,8 @@ fn compact_after_mass_deletes_moves_the_index_and_packs_the_file() {
     for i in 0..1_000 {
         assert_eq!(snap.get(key(i)).unwrap(), Some(&[2u8; 60][..]), "key {i}");
     }
-    store.verify().unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{report}");
 }
 
 /// Like `overwrite`, in commits of `batch`.
@@ -612,5 +613,6 @@ fn a_small_commit_on_a_churned_store_compacts_in_proportion_to_its_own_bytes() {
             i + 1
         );
     }
-    store.verify().unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{report}");
 }

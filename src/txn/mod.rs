@@ -59,6 +59,7 @@ pub use self::read::{Iter, ReadTxn, Snapshot};
 /// assert_eq!(store.begin_read()?.seq(), seq);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[must_use = "a write transaction does nothing until it is committed"]
 pub struct WriteTxn<'s> {
     shared: &'s Shared,
     w: MutexGuard<'s, Writer>,
