@@ -115,6 +115,20 @@ pub enum Error {
         /// What was asked for.
         what: &'static str,
     },
+    /// A value cannot be read in place as the type asked for
+    /// (`ReadTxn::get_pod`): it has another size, or it does not start
+    /// at a multiple of the type's alignment (it was not written with
+    /// `WriteTxn::put_pod`).
+    ValueLayout {
+        /// The value's length.
+        len: usize,
+        /// Whether the value starts at a multiple of `align`.
+        aligned: bool,
+        /// The type's size.
+        size: usize,
+        /// The type's alignment.
+        align: usize,
+    },
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -182,6 +196,17 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Unsupported { what } => write!(f, "{what} is not supported yet"),
+            Error::ValueLayout {
+                len,
+                aligned,
+                size,
+                align,
+            } => write!(
+                f,
+                "a value of {len} bytes{} cannot be read in place as a type of {size} bytes \
+                 aligned to {align} (write it with put_pod)",
+                if *aligned { "" } else { " at a misaligned address" }
+            ),
         }
     }
 }

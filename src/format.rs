@@ -228,6 +228,27 @@ pub const KIND_INDEX: u8 = 6;
 /// Record flag (puts and deletes): a copy compaction made of the key's
 /// newest version; the key's value did not change.
 pub const FLAG_MOVED: u8 = 1;
+/// Record flag bits 1..=3 (puts): log2 of the alignment the value was
+/// written at (`WriteTxn::put_pod`); 0 for none. Compaction, backup and
+/// salvage write the value's copy at the same alignment. The value's
+/// position does not depend on them, so a reader that ignores them reads
+/// the record right.
+pub const FLAG_ALIGN_MASK: u8 = 0b1110;
+const FLAG_ALIGN_SHIFT: u32 = 1;
+/// The largest value alignment a record can ask for.
+pub const MAX_VALUE_ALIGN: u64 = 128;
+
+/// The alignment a record's flags ask for its value (1: none).
+pub fn value_align(flags: u8) -> u64 {
+    1 << ((flags & FLAG_ALIGN_MASK) >> FLAG_ALIGN_SHIFT)
+}
+
+/// The flag bits that ask for `align` (a power of two, at most
+/// [`MAX_VALUE_ALIGN`]).
+pub fn align_flags(align: u64) -> u8 {
+    debug_assert!(align.is_power_of_two() && align <= MAX_VALUE_ALIGN);
+    (align.trailing_zeros() as u8) << FLAG_ALIGN_SHIFT
+}
 
 /// One entry of an extent table (32 bytes, little-endian): a page-aligned
 /// range of the data area that is a log extent, a retired extent, or free.

@@ -58,6 +58,8 @@ struct Found {
     crc: u32,
     key_len: usize,
     val_len: usize,
+    /// The alignment its value was written at (`put_pod`; 1: none).
+    align: u64,
 }
 
 struct Source {
@@ -242,7 +244,8 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
         let value = source
             .read(r + (HEADER_SIZE + f.key_len) as u64, f.val_len)
             .ok_or_else(|| short("read a value"))?;
-        tx.put(key, &value)?;
+        // A value written with `put_pod` keeps its alignment.
+        tx.put_aligned(key, &value, f.align)?;
         report.keys += 1;
         in_batch += 1;
         if in_batch == 10_000 {
@@ -261,7 +264,7 @@ pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
 fn check_record(src: &Source, off: u64, h: &RecordHeader) -> Option<Result<Found, u64>> {
     let val_len = h.val_len.get() as usize;
     let (key_len, shape_ok) = h.lengths()?;
-    if !shape_ok || h.seq.get() == 0 || h.flags & !FLAG_MOVED != 0 {
+    if !shape_ok || h.seq.get() == 0 || h.flags & !(FLAG_MOVED | FLAG_ALIGN_MASK) != 0 {
         return None;
     }
     let payload = src.read(off + HEADER_SIZE as u64, key_len + val_len)?;
@@ -275,6 +278,7 @@ fn check_record(src: &Source, off: u64, h: &RecordHeader) -> Option<Result<Found
         crc: h.crc.get(),
         key_len,
         val_len,
+        align: value_align(h.flags),
     }))
 }
 

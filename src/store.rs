@@ -380,9 +380,11 @@ impl Store {
                 .open(&tmp)?;
             let mut tx = out.begin_write()?;
             let mut keys = 0;
-            for item in snap.iter() {
-                let (k, v) = item?;
-                tx.put(k, v)?;
+            let mut entries = snap.iter();
+            while let Some(item) = entries.next_aligned() {
+                // A value written with `put_pod` keeps its alignment.
+                let (k, v, align) = item?;
+                tx.put_aligned(k, v, align)?;
                 keys += 1;
                 if keys % BACKUP_BATCH == 0 {
                     tx.commit()?;

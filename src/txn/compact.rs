@@ -179,7 +179,12 @@ impl<'s> WriteTxn<'s> {
                     buf.extend_from_slice(key);
                     buf.extend_from_slice(rec.value(&map));
                     let (k, v) = buf.split_at(rec.key_len);
-                    self.append_flags(rec.kind, FLAG_MOVED, hash, rec.off, k, v)?;
+                    let align = value_align(rec.flags);
+                    if rec.kind == KIND_PUT && align > 1 {
+                        self.append_aligned(FLAG_MOVED, hash, rec.off, k, v, align)?;
+                    } else {
+                        self.append_flags(rec.kind, FLAG_MOVED, hash, rec.off, k, v)?;
+                    }
                     step.bytes += rec.size();
                     step.records += 1;
                     self.moved += rec.size();

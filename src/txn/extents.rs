@@ -15,6 +15,15 @@ impl<'s> WriteTxn<'s> {
     /// full, a next record (always kept room for) moves the log to a new
     /// extent. On `ENOSPC` nothing was written.
     pub(super) fn reserve(&mut self, size: u64) -> Result<u64> {
+        self.room(size)?;
+        let pos = self.cur.pos;
+        self.cur.pos += size;
+        Ok(pos)
+    }
+
+    /// Makes room for `size` bytes of records at the cursor, in this
+    /// extent or (when it is full) a new one, without taking it.
+    pub(super) fn room(&mut self, size: u64) -> Result<()> {
         if self.cur.pos + size + NEXT_RECORD_SIZE > self.cur.end {
             // A free range lower in the file that holds the record (and at
             // least 64 KiB) is used whole even if smaller than an extent:
@@ -26,9 +35,7 @@ impl<'s> WriteTxn<'s> {
             };
             self.next_extent(len)?;
         }
-        let pos = self.cur.pos;
-        self.cur.pos += size;
-        Ok(pos)
+        Ok(())
     }
 
     /// Ends the current extent with a next record naming a new one of

@@ -7,6 +7,7 @@ mod compact;
 mod extents;
 mod keyset;
 mod read;
+mod snapshot;
 mod stage;
 mod write;
 
@@ -25,7 +26,8 @@ use std::cell::{Cell, RefCell};
 use std::sync::{Arc, MutexGuard};
 
 pub(crate) use self::compact::Choose;
-pub use self::read::{Iter, ReadTxn, Snapshot};
+pub use self::read::{Iter, ReadTxn};
+pub use self::snapshot::Snapshot;
 
 /// The one write transaction of the store (across threads and processes).
 ///

@@ -1,9 +1,10 @@
 //! Read transactions: snapshot reads and iteration.
 
 use super::check_key;
+use super::snapshot::Handle;
 use crate::changes::Changes;
 use crate::engine::{Shared, SnapshotRecords, PREFETCH_AHEAD};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::{quick_record, Find, Quick, Records};
 use crate::live::State;
@@ -40,66 +41,6 @@ pub struct ReadTxn<'s> {
     slot: Option<Slot>,
 }
 
-/// How a read transaction holds its store: borrowed from a
-/// [`Store`](crate::Store) (a `ReadTxn`) or owned (a [`Snapshot`]).
-enum Handle<'s> {
-    Borrowed(&'s Shared),
-    Owned(Arc<Shared>),
-}
-
-impl std::ops::Deref for Handle<'_> {
-    type Target = Shared;
-    #[inline]
-    fn deref(&self) -> &Shared {
-        match self {
-            Handle::Borrowed(s) => s,
-            Handle::Owned(s) => s,
-        }
-    }
-}
-
-/// A snapshot that owns its handle to the store: `'static`, `Send` and
-/// `Sync`, so it can live in a struct or move to another thread, and it
-/// keeps its mapping (and the store) open for as long as it lives. Every
-/// read method of [`ReadTxn`] works on it (through `Deref`).
-///
-/// ```
-/// # let dir = tempfile::tempdir()?;
-/// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
-/// store.put(b"config", b"v1")?;
-/// let snap: mapkv::Snapshot = store.snapshot()?;
-/// store.put(b"config", b"v2")?;
-/// let reader = std::thread::spawn(move || snap.get(b"config").map(|v| v.map(<[u8]>::to_vec)));
-/// assert_eq!(reader.join().unwrap()?, Some(b"v1".to_vec()));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct Snapshot {
-    txn: ReadTxn<'static>,
-}
-
-impl Snapshot {
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Snapshot> {
-        Ok(Snapshot {
-            txn: ReadTxn::with(Handle::Owned(shared))?,
-        })
-    }
-}
-
-impl std::ops::Deref for Snapshot {
-    type Target = ReadTxn<'static>;
-    fn deref(&self) -> &ReadTxn<'static> {
-        &self.txn
-    }
-}
-
-impl std::fmt::Debug for Snapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot")
-            .field("seq", &self.seq())
-            .finish()
-    }
-}
-
 impl Drop for ReadTxn<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
@@ -113,7 +54,7 @@ impl<'s> ReadTxn<'s> {
         ReadTxn::with(Handle::Borrowed(shared))
     }
 
-    fn with(shared: Handle<'s>) -> Result<ReadTxn<'s>> {
+    pub(super) fn with(shared: Handle<'s>) -> Result<ReadTxn<'s>> {
         let (st, map, slot) = shared.begin_snapshot()?;
         Ok(ReadTxn {
             shared,
@@ -231,6 +172,42 @@ impl<'s> ReadTxn<'s> {
         Ok(())
     }
 
+    /// The value of `key` as a `&T`, borrowed in place from the mapped
+    /// file: no copy. For values written with
+    /// [`WriteTxn::put_pod`](crate::WriteTxn::put_pod) (example there).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); `ValueLayout` if the value is not
+    /// `size_of::<T>()` bytes or does not start at a multiple of
+    /// `align_of::<T>()` (a value written with `put`, or for another type).
+    /// Never undefined behaviour: the checks are `bytemuck`'s.
+    pub fn get_pod<T: bytemuck::AnyBitPattern>(&self, key: impl AsRef<[u8]>) -> Result<Option<&T>> {
+        let Some(v) = self.get(key)? else {
+            return Ok(None);
+        };
+        bytemuck::try_from_bytes(v)
+            .map(Some)
+            .map_err(|_| layout::<T>(v))
+    }
+
+    /// The value of `key` copied out as a `T`, wherever it lies (any
+    /// alignment; the size must be `T`'s).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); `ValueLayout` if the value is not
+    /// `size_of::<T>()` bytes.
+    pub fn get_pod_copy<T: bytemuck::AnyBitPattern>(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>> {
+        let Some(v) = self.get(key)? else {
+            return Ok(None);
+        };
+        bytemuck::try_pod_read_unaligned(v)
+            .map(Some)
+            .map_err(|_| layout::<T>(v))
+    }
+
     /// Whether `key` has a value in this snapshot.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         Ok(self.get(key)?.is_some())
@@ -310,12 +287,7 @@ impl<'s> ReadTxn<'s> {
     /// The entry whose newest record is at `head_off`, as this snapshot
     /// sees it. From the old table of a moving index (`old`), only a key
     /// the new table does not have (else it was listed from there).
-    fn entry<'m>(
-        &self,
-        map: &'m Mapping,
-        head_off: u64,
-        old: bool,
-    ) -> Result<Option<(&'m [u8], &'m [u8])>> {
+    fn entry<'m>(&self, map: &'m Mapping, head_off: u64, old: bool) -> Result<Option<Entry<'m>>> {
         let recs = SnapshotRecords {
             shared: &self.shared,
             base: map,
@@ -346,7 +318,22 @@ impl<'s> ReadTxn<'s> {
         Ok(self
             .shared
             .resolve(&recs, map, head, self.st.seq, &key)?
-            .map(|r| (r.key(map), r.value(map))))
+            .map(|r| (r.key(map), r.value(map), value_align(r.flags))))
+    }
+}
+
+/// A key, its value, and the alignment the value was written at (1:
+/// none).
+pub(crate) type Entry<'m> = (&'m [u8], &'m [u8], u64);
+
+/// Why `v` cannot be read in place as a `T`.
+fn layout<T>(v: &[u8]) -> Error {
+    let align = std::mem::align_of::<T>();
+    Error::ValueLayout {
+        len: v.len(),
+        aligned: (v.as_ptr() as usize) % align == 0,
+        size: std::mem::size_of::<T>(),
+        align,
     }
 }
 
@@ -364,6 +351,15 @@ impl<'t> Iterator for Iter<'t> {
     type Item = Result<(&'t [u8], &'t [u8])>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_aligned()
+            .map(|r| r.map(|(key, value, _)| (key, value)))
+    }
+}
+
+impl<'t> Iter<'t> {
+    /// The next entry with the alignment its value was written at
+    /// (`put_pod`; 1 for none), for copies that keep it (backup).
+    pub(crate) fn next_aligned(&mut self) -> Option<Result<Entry<'t>>> {
         let txn = self.txn;
         let map = &*txn.map;
         loop {

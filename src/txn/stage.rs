@@ -170,6 +170,43 @@ impl<'s> WriteTxn<'s> {
         self.append_flags(kind, 0, hash, prev, key, value)
     }
 
+    /// Appends a put whose value starts at a multiple of `align` (a power
+    /// of two, at most `MAX_VALUE_ALIGN`; the key's length a multiple of
+    /// `align.min(4)`, as records start at multiples of 4) and says so in
+    /// its flags, so that copies keep it. Where the log's position does
+    /// not give that, a filler put of the same key goes first, sized to
+    /// move the record there; the record replaces it in this transaction,
+    /// so no reader ever sees it (a dead record, as any overwritten one).
+    pub(super) fn append_aligned(
+        &mut self,
+        flags: u8,
+        hash: u64,
+        prev: u64,
+        key: &[u8],
+        value: &[u8],
+        align: u64,
+    ) -> Result<()> {
+        if align <= 1 {
+            return self.append_flags(KIND_PUT, flags, hash, prev, key, value);
+        }
+        let head = (HEADER_SIZE + key.len()) as u64;
+        debug_assert_eq!(head % align.min(RECORD_ALIGN), 0);
+        // Room for the largest filler and the record: neither may move to
+        // another extent.
+        self.room(head + align + record_size(key.len(), value.len()))?;
+        let gap = (align - (self.cur.pos + head) % align) % align;
+        if gap != 0 {
+            // A filler of `head + len` bytes, `len < align`, that is `gap`
+            // bytes past a multiple of `align`.
+            let len = (gap + align - head % align) % align;
+            const ZEROS: [u8; MAX_VALUE_ALIGN as usize] = [0; MAX_VALUE_ALIGN as usize];
+            let moved = flags & FLAG_MOVED;
+            self.append_flags(KIND_PUT, moved, hash, prev, key, &ZEROS[..len as usize])?;
+        }
+        debug_assert_eq!((self.cur.pos + head) % align, 0);
+        self.append_flags(KIND_PUT, flags | align_flags(align), hash, prev, key, value)
+    }
+
     pub(super) fn append_flags(
         &mut self,
         kind: u8,

@@ -4,7 +4,7 @@ use super::keyset::Pending;
 use super::stage::Staged;
 use super::{check_key, check_value, WriteTxn};
 use crate::engine::Shared;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::*;
 use crate::index::Fenced;
 use crate::log::{self, Cursor};
@@ -118,6 +118,60 @@ impl<'s> WriteTxn<'s> {
     }
 
     fn put_bytes(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_aligned(key, value, 1)
+    }
+
+    /// Sets `key` to the bytes of `value`, placed so that
+    /// [`ReadTxn::get_pod`](crate::ReadTxn::get_pod) can borrow them in
+    /// place as a `&T`: the value starts at a multiple of `T`'s alignment
+    /// in the file, and its copies (compaction, backup, salvage) keep it.
+    /// A struct that lives in the mapped file and is read where it lies.
+    ///
+    /// ```
+    /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    /// #[repr(C)]
+    /// struct Counter { hits: u64, misses: u64 }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// let mut tx = store.begin_write()?;
+    /// tx.put_pod(b"ctr0", &Counter { hits: 3, misses: 1 })?;
+    /// tx.commit()?;
+    /// let snap = store.begin_read()?;
+    /// let c: &Counter = snap.get_pod(b"ctr0")?.unwrap(); // no copy
+    /// assert_eq!((c.hits, c.misses), (3, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`put`](Self::put); `Unsupported` if `T` is aligned to more
+    /// than 128 bytes, or to 4 or more with a key whose length is not a
+    /// multiple of 4 (records start at multiples of 4, and a value right
+    /// after its key).
+    pub fn put_pod<T: bytemuck::NoUninit>(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<()> {
+        let key = key.as_ref();
+        let align = std::mem::align_of::<T>() as u64;
+        if align > MAX_VALUE_ALIGN {
+            return Err(Error::Unsupported {
+                what: "put_pod of a type aligned to more than 128 bytes",
+            });
+        }
+        if key.len() as u64 % align.min(RECORD_ALIGN) != 0 {
+            return Err(Error::Unsupported {
+                what: "put_pod of a type aligned to 2 or more bytes with a key whose length \
+                       is not a multiple of that alignment (or of 4)",
+            });
+        }
+        self.put_aligned(key, bytemuck::bytes_of(value), align)
+    }
+
+    /// A put whose value starts at a multiple of `align` (1: anywhere);
+    /// the caller checked the key's length against it.
+    pub(crate) fn put_aligned(&mut self, key: &[u8], value: &[u8], align: u64) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
         let hash = hash_key(self.shared.seed, key);
@@ -125,7 +179,11 @@ impl<'s> WriteTxn<'s> {
         let prev = self
             .committed_version(pending, key)?
             .map_or(0, |(off, _)| off);
-        self.append(KIND_PUT, hash, prev, key, value)
+        if align > 1 {
+            self.append_aligned(0, hash, prev, key, value, align)
+        } else {
+            self.append(KIND_PUT, hash, prev, key, value)
+        }
     }
 
     /// Removes `key`. Returns whether it had a value.
