@@ -81,12 +81,41 @@ pub enum Op {
     /// `Store::compact` (between transactions): its commits change no
     /// value, and it ends with a checkpoint.
     Compact,
+    /// Put a key of 1 byte to 64 KiB (`len % 5` picks 1, 7, 255, 4,096 or
+    /// 65,536 bytes, `key % 4` its byte) with a value of `len / 5 % 300`
+    /// bytes.
+    LongKey {
+        /// Which byte the key repeats.
+        key: u8,
+        /// Picks the key's length and the value's.
+        len: u16,
+    },
+    /// List what the last `back % 4 + 1` commits changed
+    /// (`ReadTxn::changes_since`, between transactions) and replay it on
+    /// the model of the commit before them: it must give the newest model.
+    /// A history compaction reclaimed is an allowed answer.
+    Changes {
+        /// How many commits back.
+        back: u8,
+    },
+    /// Open a second handle on the same disk (another process, in
+    /// effect), check that it shows the newest commit, and close it.
+    SecondHandle,
+    /// `Store::backup_to` a temporary file (between transactions): the
+    /// copy must open and show exactly the commit it reports.
+    Backup,
 }
 
 const KEYS: u8 = 64;
 
 fn key_of(k: u8) -> Vec<u8> {
     format!("key-{:02}", k % KEYS).into_bytes()
+}
+
+/// The key and value length of an [`Op::LongKey`].
+fn long_key(k: u8, len: u16) -> (Vec<u8>, usize) {
+    let key_len = [1, 7, 255, 4096, 65_536][usize::from(len % 5)];
+    (vec![b'A' + k % 4; key_len], usize::from(len / 5 % 300))
 }
 
 /// A deterministic value: its bytes say which put made it, so a value from
@@ -234,6 +263,83 @@ fn drive_session(
                 let v = value_of(step, len);
                 t.put(key_of(*key), &v).map_err(|e| err(e.to_string()))?;
                 m.insert(key_of(*key), v);
+            }
+            Op::LongKey { key, len } => {
+                if txn.is_none() {
+                    let t = store.begin_write().map_err(|e| err(e.to_string()))?;
+                    txn = Some((t, committed(history)));
+                }
+                let (t, m) = txn.as_mut().expect("just opened");
+                let (k, vlen) = long_key(*key, *len);
+                let v = value_of(step, vlen);
+                t.put(&k, &v).map_err(|e| err(e.to_string()))?;
+                m.insert(k, v);
+            }
+            Op::Changes { back } => {
+                if txn.is_none() {
+                    let latest = history.states.len() as u64 - 1;
+                    let from = latest.saturating_sub(u64::from(back % 4) + 1);
+                    let snap = store.begin_read().map_err(|e| err(e.to_string()))?;
+                    match snap.changes_since(from) {
+                        Err(Error::HistoryReclaimed { .. }) => {}
+                        Err(e) => return Err(err(format!("changes_since({from}): {e}"))),
+                        Ok(changes) => {
+                            let mut m = history.states[from as usize].clone();
+                            let mut last = from;
+                            for c in changes {
+                                let (seq, k, v) = c.map_err(|e| err(format!("changes: {e}")))?;
+                                if seq <= from || seq > latest || seq < last {
+                                    return Err(err(format!("change of seq {seq} after {last}")));
+                                }
+                                last = seq;
+                                match v {
+                                    Some(v) => m.insert(k.to_vec(), v.to_vec()),
+                                    None => m.remove(k),
+                                };
+                            }
+                            if m != committed(history) {
+                                return Err(err(format!(
+                                    "the changes since {from}, replayed, do not give commit {latest}"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            Op::SecondHandle => {
+                let other = Options::new()
+                    .open_sim(disk)
+                    .map_err(|e| err(format!("second handle: {e}")))?;
+                let snap = other.begin_read().map_err(|e| err(e.to_string()))?;
+                check_view(&snap, &committed(history))
+                    .map_err(|e| err(format!("second handle: {e}")))?;
+                drop(snap);
+                other
+                    .close()
+                    .map_err(|e| err(format!("second handle close: {e}")))?;
+            }
+            Op::Backup => {
+                if txn.is_none() {
+                    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let dir = std::env::temp_dir()
+                        .join(format!("mapkv-check-{}-{n}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
+                    let path = dir.join("copy.kv");
+                    let checked = (|| {
+                        let report = store.backup_to(&path).map_err(|e| format!("backup: {e}"))?;
+                        let copy = Store::open(&path).map_err(|e| format!("open backup: {e}"))?;
+                        let snap = copy.begin_read().map_err(|e| e.to_string())?;
+                        let want = history
+                            .states
+                            .get(report.seq as usize)
+                            .ok_or(format!("backup of seq {}", report.seq))?;
+                        check_view(&snap, want).map_err(|e| format!("backup: {e}"))
+                    })();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    checked.map_err(err)?;
+                }
             }
             Op::Many { base } => {
                 if txn.is_none() {

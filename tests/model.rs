@@ -74,3 +74,37 @@ fn put_then_delete_of_a_new_key_in_one_transaction_commits_nothing_visible() {
     )
     .unwrap();
 }
+
+#[test]
+fn keys_of_every_length_changes_second_handles_and_backups_match_the_model() {
+    // Every key length the long-key op makes (1 B to 64 KiB), commits of
+    // both kinds, compaction, and after each commit: the changes replayed
+    // over the commit before, a second handle's view, and a backup's.
+    let mut ops = Vec::new();
+    for i in 0..15u16 {
+        ops.push(Op::LongKey {
+            key: i as u8,
+            len: i * 5 + i % 5,
+        });
+        ops.push(Op::Put {
+            key: i as u8,
+            len: i * 11,
+        });
+        if i % 3 == 0 {
+            ops.push(Op::Delete { key: i as u8 / 2 });
+        }
+        ops.push(if i % 2 == 0 {
+            Op::Commit
+        } else {
+            Op::CommitEventual
+        });
+        ops.push(Op::Changes { back: i as u8 });
+        ops.push(Op::SecondHandle);
+        if i % 4 == 3 {
+            ops.push(Op::Backup);
+            ops.push(Op::Compact);
+        }
+    }
+    let report = run_ops(&ops, 5).unwrap();
+    assert!(report.commits >= 15, "{report:?}");
+}

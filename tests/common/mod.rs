@@ -17,10 +17,22 @@ pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Ve
         .map(|_| {
             let key = rng.gen_range(0..keys);
             match rng.gen_range(0..100) {
-                0..=34 => Op::Put {
+                0..=31 => Op::Put {
                     key,
                     len: rng.gen(),
                 },
+                32 => Op::LongKey {
+                    key,
+                    len: rng.gen(),
+                },
+                33 => Op::Changes { back: rng.gen() },
+                34 => {
+                    if rng.gen_bool(0.25) {
+                        Op::Backup
+                    } else {
+                        Op::SecondHandle
+                    }
+                }
                 35..=36 if big => Op::BigPut {
                     key,
                     len: rng.gen(),
