@@ -656,6 +656,16 @@ pub fn count_flushes(ops: &[Op], hash_seed: u64) -> Result<u64, String> {
 /// written (it panics if not, so the fuzzer reports it).
 /// Returns the error that stopped it, if any (for statistics).
 pub fn open_file(bytes: &[u8]) -> Option<Error> {
+    open_checked(bytes, None)
+}
+
+/// [`open_file`]; with `committed`, every value a get or the iteration
+/// reads back must be one that some commit gave its key (it panics if
+/// not): damage may lose values, never invent them.
+fn open_checked(
+    bytes: &[u8],
+    committed: Option<&BTreeMap<Vec<u8>, Vec<Vec<u8>>>>,
+) -> Option<Error> {
     let disk = SimDisk::from_image(bytes, (bytes.len() as u64).max(1 << 20) * 4);
     let store = match Options::new().create(false).open_sim(&disk) {
         Ok(s) => s,
@@ -663,12 +673,25 @@ pub fn open_file(bytes: &[u8]) -> Option<Error> {
     };
     let _ = store.verify();
     let _ = store.stats();
+    let was_committed = |k: &[u8], v: &[u8]| {
+        if let Some(c) = committed {
+            let ok = c.get(k).is_some_and(|vs| vs.iter().any(|x| x == v));
+            assert!(
+                ok,
+                "a damaged store read back a value no commit gave key {:?} ({} bytes)",
+                String::from_utf8_lossy(&k[..k.len().min(40)]),
+                v.len()
+            );
+        }
+    };
     if let Ok(snap) = store.begin_read() {
         for k in 0..KEYS {
-            let _ = snap.get(key_of(k));
+            if let Ok(Some(v)) = snap.get(key_of(k)) {
+                was_committed(&key_of(k), v);
+            }
         }
-        for item in snap.iter().take(10_000) {
-            let _ = item;
+        for (k, v) in snap.iter().take(10_000).flatten() {
+            was_committed(k, v);
         }
         if let Ok(changes) = snap.changes_since(snap.seq().saturating_sub(20)) {
             for item in changes.take(10_000) {
@@ -696,7 +719,8 @@ pub fn open_file(bytes: &[u8]) -> Option<Error> {
 
 /// A real store built by `ops`, then damaged: each `(offset, xor)` flips
 /// bits at `offset % len`, and `truncate` cuts the file to
-/// `truncate % len` bytes. Then as [`open_file`]. This reaches what raw
+/// `truncate % len` bytes. Then as [`open_file`], and every value read
+/// back must be one that a commit of `ops` gave its key. This reaches what raw
 /// bytes rarely do: recovery, `verify` and probing over a store that is
 /// almost right.
 pub fn damaged_store(
@@ -720,5 +744,14 @@ pub fn damaged_store(
     if let Some(t) = truncate {
         image.truncate(t as usize % len);
     }
-    open_file(&image)
+    let mut committed: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for state in &history.states {
+        for (k, v) in state {
+            let vs = committed.entry(k.clone()).or_default();
+            if !vs.contains(v) {
+                vs.push(v.clone());
+            }
+        }
+    }
+    open_checked(&image, Some(&committed))
 }

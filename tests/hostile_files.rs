@@ -106,8 +106,10 @@ fn damaged_real_stores_open_or_fail_cleanly() {
         let ops = common::random_ops(&mut rng, 30, round % 10 == 0, true);
         let flips: Vec<(u32, u8)> = (0..rng.gen_range(1..6))
             .map(|_| {
-                // Mostly where the structure is: meta, log start, first table.
-                let base = [0u32, 4096, 65536, 65536 + (1 << 20)][rng.gen_range(0..4)];
+                // Mostly where the structure is: the meta pages, the
+                // extent tables, the log's first records (DATA_START) and
+                // the first index table after the first extent.
+                let base = [0u32, 4096, 65536, 524_288, 524_288 + (1 << 20)][rng.gen_range(0..5)];
                 (base + rng.gen_range(0..4096), 1 << rng.gen_range(0..8))
             })
             .collect();
