@@ -387,6 +387,125 @@ fn compact_in_one_process_beside_a_writer_in_another_keeps_the_bank() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// The bank by `get` alone (other keys may be in the store): the total
+/// of every account in one snapshot, or why not.
+fn bank_by_gets(snap: &mapkv::ReadTxn<'_>) -> Result<u64, String> {
+    let mut total = 0;
+    for i in 0..ACCOUNTS {
+        match snap.get(account(i)) {
+            Ok(Some(v)) => total += balance_of(v),
+            Ok(None) => return Err(format!("account {i} missing at seq {}", snap.seq())),
+            Err(e) => return Err(format!("account {i} at seq {}: {e}", snap.seq())),
+        }
+    }
+    Ok(total)
+}
+
+/// A reader process for the index-move test: snapshots by `get` until
+/// `final_seq`.
+fn bank_getter_child(store: &Store, final_seq: u64) {
+    let mut snapshots = 0u64;
+    let last = loop {
+        let snap = store.begin_read().unwrap();
+        match bank_by_gets(&snap) {
+            Ok(t) if t == ACCOUNTS * START_BALANCE => {}
+            Ok(t) => return say(format!("FAIL total {t} at seq {}", snap.seq())),
+            Err(e) => return say(format!("FAIL {e}")),
+        }
+        snapshots += 1;
+        if snap.seq() >= final_seq {
+            break snap.seq();
+        }
+    };
+    say(format!("checked {snapshots} {last}"));
+}
+
+/// The index grows through several moves (each ramping up its pace) and
+/// then shrinks back, while two reader threads and a reader process check
+/// every account in their snapshots: a key is in the new table, the old
+/// one, or both, never neither.
+#[test]
+fn growing_and_shrinking_index_moves_under_reader_threads_and_a_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("moves.kv");
+    let store = Options::new().auto_compact(false).open(&db).unwrap();
+    let mut tx = store.begin_write().unwrap();
+    for i in 0..ACCOUNTS {
+        tx.put(account(i), balance_value(START_BALANCE, 0)).unwrap();
+    }
+    let start = tx.commit().unwrap();
+    const COMMITS: u64 = 60;
+    let mut reader = Proc::spawn(
+        "bank-getter",
+        &db,
+        &[("MAPKV_FINAL", (start + COMMITS).to_string())],
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut slots, mut moving_seen) = (vec![store.stats().unwrap().index_slots], 0);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let snap = store.begin_read().unwrap();
+                        assert_eq!(bank_by_gets(&snap), Ok(ACCOUNTS * START_BALANCE));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for c in 0..COMMITS {
+            let mut tx = store.begin_write().unwrap();
+            // 30 commits add 8,000 filler keys each; 30 delete them.
+            let (grow, batch) = (c < COMMITS / 2, c % (COMMITS / 2));
+            for j in 0..8_000u64 {
+                let k = format!("filler-{batch:02}-{j:05}");
+                if grow {
+                    tx.put(k.as_bytes(), [c as u8; 20]).unwrap();
+                } else {
+                    tx.delete(k.as_bytes()).unwrap();
+                }
+            }
+            let (a, b) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
+            if a != b {
+                let ba = balance_of(tx.get(account(a)).unwrap().unwrap());
+                let bb = balance_of(tx.get(account(b)).unwrap().unwrap());
+                let amount = rng.gen_range(0..=ba);
+                tx.put(account(a), balance_value(ba - amount, c)).unwrap();
+                tx.put(account(b), balance_value(bb + amount, c)).unwrap();
+            }
+            tx.commit().unwrap();
+            let st = store.stats().unwrap();
+            moving_seen += (st.index_moving > 0) as u64;
+            if st.index_slots != *slots.last().unwrap() {
+                slots.push(st.index_slots);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in threads {
+            assert!(t.join().unwrap() > 0);
+        }
+    });
+    let checked = reader.expect("checked");
+    reader.finish();
+    println!("index sizes {slots:?}; {moving_seen} commits left a move under way; reader process: {checked:?}");
+    let peak = *slots.iter().max().unwrap();
+    assert!(
+        slots.iter().position(|&s| s == peak).unwrap() >= 2,
+        "the index grew at least twice: {slots:?}"
+    );
+    assert!(
+        *slots.last().unwrap() < peak,
+        "the index never shrank: {slots:?}"
+    );
+    assert!(moving_seen >= 4, "moves always ended within their commit");
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
 // ---- a reader across growth ----
 
 #[test]
@@ -728,6 +847,7 @@ fn child() {
     match role.as_str() {
         "bank-writer" => bank_writer(&store, env_u64("MAPKV_COMMITS")),
         "bank-reader" => bank_reader(&store, env_u64("MAPKV_FINAL")),
+        "bank-getter" => bank_getter_child(&store, env_u64("MAPKV_FINAL")),
         "old-snapshot" => old_snapshot_child(&store),
         "hold" => hold_child(&store),
         "waiter" => waiter_child(&store),
