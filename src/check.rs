@@ -104,6 +104,10 @@ pub enum Op {
     /// `Store::backup_to` a temporary file (between transactions): the
     /// copy must open and show exactly the commit it reports.
     Backup,
+    /// Commit the open transaction durably while another thread of the
+    /// same handle begins snapshots: each must show exactly the commit
+    /// before or this one.
+    CommitBesideReader,
 }
 
 const KEYS: u8 = 64;
@@ -372,6 +376,47 @@ fn drive_session(
                     if got != m.get(&key_of(*key)).map(Vec::as_slice) {
                         return Err(err("transaction does not see its own writes".into()));
                     }
+                }
+            }
+            Op::CommitBesideReader => {
+                if let Some((t, m)) = txn.take() {
+                    let before = history.states.len() as u64 - 1;
+                    let (states, pending) = (&history.states, &m);
+                    let (seq, seen) = std::thread::scope(|s| {
+                        let reader = s.spawn(|| -> Result<Vec<u64>, String> {
+                            let mut seen = Vec::new();
+                            for _ in 0..4 {
+                                let snap = store.begin_read().map_err(|e| e.to_string())?;
+                                let seq = snap.seq();
+                                let want = match states.get(seq as usize) {
+                                    Some(w) => w,
+                                    None if seq == before + 1 => pending,
+                                    None => return Err(format!("a snapshot of seq {seq}")),
+                                };
+                                check_view(&snap, want).map_err(|e| format!("seq {seq}: {e}"))?;
+                                seen.push(seq);
+                            }
+                            Ok(seen)
+                        });
+                        let seq = t.commit();
+                        (seq, reader.join())
+                    });
+                    let seq = seq.map_err(|e| err(e.to_string()))?;
+                    let seen = seen
+                        .map_err(|_| err("the reader thread panicked".into()))?
+                        .map_err(|e| err(format!("reader thread: {e}")))?;
+                    if seen.windows(2).any(|w| w[1] < w[0]) || seen.iter().any(|&s| s > seq) {
+                        return Err(err(format!(
+                            "reader thread saw seqs {seen:?}, commit {seq}"
+                        )));
+                    }
+                    if seq != before && seq != before + 1 {
+                        return Err(err(format!("commit returned seq {seq} after {before}")));
+                    }
+                    if seq != before {
+                        history.states.push(m);
+                    }
+                    history.durable.push((disk.flush_count(), seq));
                 }
             }
             Op::Commit | Op::CommitEventual => {

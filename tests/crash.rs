@@ -37,7 +37,12 @@ fn every_cut(ops: &[Op], choices: u64, seed: u64, hash_seed: u64) -> (u64, u64) 
     // boundary there), and sampling every k-th operation had taken only 4
     // of 168 cuts in the index-growth test.
     let closing: Vec<u64> = (0..ops.len() as u64)
-        .filter(|&n| matches!(ops[n as usize], Op::Commit | Op::CommitEventual | Op::Abort))
+        .filter(|&n| {
+            matches!(
+                ops[n as usize],
+                Op::Commit | Op::CommitEventual | Op::CommitBesideReader | Op::Abort
+            )
+        })
         .collect();
     let step = (closing.len() / 40).max(1);
     let mut tried = 0;

@@ -76,7 +76,7 @@ fn put_then_delete_of_a_new_key_in_one_transaction_commits_nothing_visible() {
 }
 
 #[test]
-fn keys_of_every_length_changes_second_handles_and_backups_match_the_model() {
+fn keys_of_every_length_changes_readers_second_handles_and_backups_match_the_model() {
     // Every key length the long-key op makes (1 B to 64 KiB), commits of
     // both kinds, compaction, and after each commit: the changes replayed
     // over the commit before, a second handle's view, and a backup's.
@@ -93,10 +93,10 @@ fn keys_of_every_length_changes_second_handles_and_backups_match_the_model() {
         if i % 3 == 0 {
             ops.push(Op::Delete { key: i as u8 / 2 });
         }
-        ops.push(if i % 2 == 0 {
-            Op::Commit
-        } else {
-            Op::CommitEventual
+        ops.push(match i % 3 {
+            0 => Op::Commit,
+            1 => Op::CommitEventual,
+            _ => Op::CommitBesideReader,
         });
         ops.push(Op::Changes { back: i as u8 });
         ops.push(Op::SecondHandle);
