@@ -108,6 +108,13 @@ pub enum Op {
     /// same handle begins snapshots: each must show exactly the commit
     /// before or this one.
     CommitBesideReader,
+    /// The disk fails the next flush (`EIO`): the open transaction's
+    /// durable commit (or, with none open, `Store::sync`) must fail, the
+    /// handle must refuse writes from then on (`Poisoned`), and the
+    /// handle is dropped without a clean close. The next session must
+    /// show the last commit before it: a commit whose flush failed is
+    /// never adopted.
+    FailFlush,
 }
 
 const KEYS: u8 = 64;
@@ -182,6 +189,11 @@ struct History {
     /// `(flush count when acknowledged, seq)`: after that many flushes had
     /// started, commit `seq` (and all before it) is durable.
     durable: Vec<(u64, u64)>,
+    /// Commits whose flush failed (`Op::FailFlush`): the flushes that
+    /// failed, the seq the commit had and its model. A power cut *during*
+    /// one of those flushes may find the commit complete on disk: it was
+    /// in flight, as any commit is while its flush runs.
+    failed: Vec<(std::ops::Range<u64>, u64, Model)>,
 }
 
 impl History {
@@ -189,6 +201,7 @@ impl History {
         History {
             states: vec![Model::new()],
             durable: vec![(0, 0)],
+            failed: Vec::new(),
         }
     }
 
@@ -226,7 +239,14 @@ fn drive(
         let store = Options::new()
             .open_sim(disk)
             .map_err(|e| fail(i, &ops[i], format!("open: {e}")))?;
-        i = drive_session(ops, i, &store, disk, history, thorough, &mut on_boundary)?;
+        let (next, poisoned) =
+            drive_session(ops, i, &store, disk, history, thorough, &mut on_boundary)?;
+        i = next;
+        if poisoned {
+            // Dropped, not closed: a poisoned handle cannot checkpoint.
+            drop(store);
+            continue;
+        }
         store
             .close()
             .map_err(|e| format!("close before step {i}: {e}"))?;
@@ -236,8 +256,8 @@ fn drive(
     Ok(())
 }
 
-/// Runs ops from `start` until a `Reopen` (returns the index after it) or
-/// the end.
+/// Runs ops from `start` until a `Reopen` or a `FailFlush` (returns the
+/// index after it, and whether the handle is poisoned) or the end.
 fn drive_session(
     ops: &[Op],
     start: usize,
@@ -246,7 +266,7 @@ fn drive_session(
     history: &mut History,
     thorough: bool,
     on_boundary: &mut impl FnMut(&SimDisk, &History, usize),
-) -> Result<usize, String> {
+) -> Result<(usize, bool), String> {
     let mut txn: Option<(WriteTxn<'_>, Model)> = None;
     let mut snaps: Vec<(ReadTxn<'_>, Model)> = Vec::new();
     let committed = |h: &History| h.states.last().cloned().unwrap_or_default();
@@ -486,7 +506,46 @@ fn drive_session(
             Op::Reopen => {
                 drop(txn.take());
                 drop(snaps);
-                return Ok(step + 1);
+                return Ok((step + 1, false));
+            }
+            Op::FailFlush => {
+                let (flushes, before) = (disk.flush_count(), history.states.len() as u64 - 1);
+                disk.fail_flushes(true);
+                let (failed, model) = match txn.take() {
+                    Some((t, m)) => (t.commit().map(drop), Some(m)),
+                    None => (store.sync(), None),
+                };
+                disk.fail_flushes(false);
+                if let Some(m) = model {
+                    history
+                        .failed
+                        .push((flushes..disk.flush_count(), before + 1, m));
+                }
+                if disk.flush_count() == flushes {
+                    // Nothing needed a flush (an empty commit, nothing
+                    // unsynced): there was no failure to see.
+                    let seq = store.begin_read().map_err(|e| err(e.to_string()))?.seq();
+                    if failed.is_err() || seq != before {
+                        return Err(err(format!("no flush, yet {failed:?} at seq {seq}")));
+                    }
+                    continue;
+                }
+                if failed.is_ok() {
+                    return Err(err("a commit or sync whose flush failed returned Ok".into()));
+                }
+                match store.put(b"after a failed flush", b"x") {
+                    Err(Error::Poisoned { .. }) => {}
+                    other => {
+                        return Err(err(format!("a write after a failed flush gave {other:?}")))
+                    }
+                }
+                // What this handle's readers see: the last commit before.
+                let now = store.begin_read().map_err(|e| err(e.to_string()))?;
+                check_view(&now, &committed(history))
+                    .map_err(|e| err(format!("after a failed flush: {e}")))?;
+                drop(now);
+                drop(snaps);
+                return Ok((step + 1, true));
             }
         }
         // After every step: the newest commit, every held snapshot.
@@ -512,7 +571,7 @@ fn drive_session(
             on_boundary(disk, history, step);
         }
     }
-    Ok(ops.len())
+    Ok((ops.len(), false))
 }
 
 /// Runs `ops` against a fresh store (hashing keys with `hash_seed`) on a
@@ -638,7 +697,16 @@ fn cut_and_check(
     let dirty_sectors = point.dirty_sectors().len();
     let between = point.versions.values().map(Vec::len).sum();
     let image = image(&point);
-    let recovered_seq = check_recovered(&image, &history, min_seq)?;
+    // A cut during a flush that failed may find that commit complete.
+    let in_flight = match cut {
+        Cut::AtFlush(n) => history
+            .failed
+            .iter()
+            .find(|(flushes, _, _)| flushes.contains(&n))
+            .map(|(_, seq, m)| (*seq, m)),
+        Cut::AfterOp(_) => None,
+    };
+    let recovered_seq = check_recovered(&image, &history, min_seq, in_flight)?;
     Ok(CutReport {
         reached: true,
         dirty_sectors,
@@ -652,14 +720,23 @@ fn last_durable(h: &History) -> u64 {
     h.durable.iter().map(|(_, s)| *s).max().unwrap_or(0)
 }
 
-fn check_recovered(image: &[u8], history: &History, min_seq: u64) -> Result<u64, String> {
+fn check_recovered(
+    image: &[u8],
+    history: &History,
+    min_seq: u64,
+    in_flight: Option<(u64, &Model)>,
+) -> Result<u64, String> {
     let disk = SimDisk::from_image(image, 1 << 30);
     let store = Options::new()
         .open_sim(&disk)
         .map_err(|e| format!("open after power cut: {e}"))?;
     let snap = store.begin_read().map_err(|e| e.to_string())?;
     let seq = snap.seq();
-    let Some(model) = history.states.get(seq as usize) else {
+    let flying = in_flight.filter(|&(s, m)| s == seq && check_view(&snap, m).is_ok());
+    let Some(model) = flying
+        .map(|(_, m)| m)
+        .or_else(|| history.states.get(seq as usize))
+    else {
         return Err(format!(
             "recovered seq {seq}, but only {} commits happened",
             history.states.len() - 1

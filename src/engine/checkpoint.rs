@@ -149,7 +149,31 @@ impl Shared {
         let meta = st.to_meta(self.seed, generation, clean, space);
         let page = META_OFFSETS[(generation % 2) as usize];
         map.write_words(page, bytemuck::bytes_of(&meta));
-        self.flush(w, map, page, PAGE_SIZE)
+        self.flush(w, map, page, PAGE_SIZE)?;
+        w.meta_flushed = generation;
+        Ok(())
+    }
+
+    /// Before a commit's first slot changes: the meta page must say, on
+    /// disk, that the index may hold slots past the checkpoint. After a
+    /// clean close it says the opposite, and `mark_dirty` rewrites it. If
+    /// it already says so in the map but this handle did not flush that
+    /// generation itself, it is flushed now: another handle's flush of it
+    /// may have failed (`Writer::meta_flushed`). Once per generation.
+    pub(crate) fn meta_dirty_on_disk(
+        &self,
+        w: &mut Writer,
+        map: &Mapping,
+        st: &mut State,
+    ) -> Result<()> {
+        if st.meta_clean != 0 {
+            return self.mark_dirty(w, map, st);
+        }
+        if w.meta_flushed != st.meta_gen {
+            self.flush(w, map, 0, 2 * PAGE_SIZE)?;
+            w.meta_flushed = st.meta_gen;
+        }
+        Ok(())
     }
 
     /// Rewrites the newest meta page with the clean flag cleared, before
@@ -164,6 +188,7 @@ impl Shared {
         let at = META_OFFSETS[(generation % 2) as usize];
         map.write_words(at, bytemuck::bytes_of(&meta));
         self.flush(w, map, at, PAGE_SIZE)?;
+        w.meta_flushed = generation;
         st.meta_gen = generation;
         st.meta_clean = 0;
         Ok(())

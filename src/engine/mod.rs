@@ -89,6 +89,14 @@ pub(crate) struct Writer {
     pub fuzzy: Option<Fuzzy>,
     /// What this process knows of the file past the allocated area.
     pub tail: Tail,
+    /// The meta page generation this handle wrote and flushed itself (0:
+    /// none). The meta pages in the map may say more than the disk does:
+    /// a handle whose flush of them failed (and the page cache that then
+    /// marked them clean unwritten, as Linux does after `EIO`) left a
+    /// "dirty" meta page that no disk has. Trusting it, a later writer
+    /// would skip `mark_dirty`, and a power cut would then find the old
+    /// clean meta page and ignore every commit after it.
+    pub meta_flushed: u64,
 }
 
 /// What the writer knows of the space at the end of the file, to prepare

@@ -181,6 +181,7 @@ impl Shared {
                 space_dirty: false,
                 fuzzy: None,
                 tail: Tail::UNKNOWN,
+                meta_flushed: 0,
             }),
             backend,
         };

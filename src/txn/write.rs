@@ -293,11 +293,10 @@ impl<'s> WriteTxn<'s> {
             })
             .collect::<Result<Vec<(u64, log::Record)>>>()?;
         // 0. After a clean close the meta page says the index on disk is
-        //    the checkpoint's; say otherwise before any slot changes.
-        if self.base.meta_clean != 0 {
-            self.shared
-                .mark_dirty(&mut self.w, &self.map, &mut self.base)?;
-        }
+        //    the checkpoint's; say otherwise, on disk, before any slot
+        //    changes.
+        self.shared
+            .meta_dirty_on_disk(&mut self.w, &self.map, &mut self.base)?;
         // 1. Room in the index, before anything is committed: a full disk
         //    fails here and leaves the store as it was. (Done already if
         //    compaction ran: it must know whether the index moves.)

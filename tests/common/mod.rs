@@ -51,6 +51,7 @@ pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Ve
                 // 150 more keys: enough of them grow (and, with deletes,
                 // shrink) the index over several commits.
                 98 => Op::Many { base: rng.gen() },
+                99 if reopen && rng.gen_bool(0.5) => Op::FailFlush,
                 _ => Op::Commit,
             }
         })
