@@ -101,6 +101,8 @@ pub enum Op {
     /// Open a second handle on the same disk (another process, in
     /// effect), check that it shows the newest commit, and close it.
     SecondHandle,
+    /// The same with a read-only handle, which must also refuse a write.
+    ReadOnlyHandle,
     /// `Store::backup_to` a temporary file (between transactions): the
     /// copy must open and show exactly the commit it reports.
     Backup,
@@ -330,10 +332,15 @@ fn drive_session(
                     }
                 }
             }
-            Op::SecondHandle => {
+            Op::SecondHandle | Op::ReadOnlyHandle => {
+                let read_only = *op == Op::ReadOnlyHandle;
                 let other = Options::new()
+                    .read_only(read_only)
                     .open_sim(disk)
                     .map_err(|e| err(format!("second handle: {e}")))?;
+                if read_only && !matches!(other.put(b"k", b"v"), Err(Error::ReadOnly { .. })) {
+                    return Err(err("a read-only handle took a write".into()));
+                }
                 let snap = other.begin_read().map_err(|e| err(e.to_string()))?;
                 check_view(&snap, &committed(history))
                     .map_err(|e| err(format!("second handle: {e}")))?;

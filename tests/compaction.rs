@@ -616,3 +616,73 @@ fn a_small_commit_on_a_churned_store_compacts_in_proportion_to_its_own_bytes() {
     let report = store.verify().unwrap();
     assert!(report.is_ok(), "{report}");
 }
+
+/// `changes_since` in reader threads while commits and `compact()` reclaim
+/// the history it lists: every call lists each change in order with the
+/// value its commit wrote, or says `HistoryReclaimed` (with an oldest seq
+/// past the one asked for); never a damaged or a wrong record.
+#[test]
+fn changes_since_beside_compaction_lists_every_change_or_says_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Options::new()
+        .auto_compact(false)
+        .open(dir.path().join("history.kv"))
+        .unwrap();
+    const KEYS: u32 = 2_000;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (listed, reclaimed) = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (store, stop) = (&store, &stop);
+                s.spawn(move || {
+                    let mut rng = common::rng(t);
+                    let (mut listed, mut reclaimed) = (0u64, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let snap = store.begin_read().unwrap();
+                        let from = rng.gen_range(0..=snap.seq());
+                        match snap.changes_since(from) {
+                            Err(Error::HistoryReclaimed { oldest, .. }) => {
+                                assert!(oldest > from, "reclaimed {oldest} <= {from}");
+                                reclaimed += 1;
+                            }
+                            Err(e) => panic!("changes_since({from}) at {}: {e}", snap.seq()),
+                            Ok(changes) => {
+                                let mut last = from;
+                                for c in changes {
+                                    let (seq, _, v) = c.unwrap_or_else(|e| {
+                                        panic!("changes since {from} at {}: {e}", snap.seq())
+                                    });
+                                    assert!(seq > from && seq <= snap.seq() && seq >= last);
+                                    last = seq;
+                                    // Each commit writes its own seq as every value.
+                                    assert_eq!(v, Some(&seq.to_le_bytes()[..]), "at seq {seq}");
+                                }
+                                listed += 1;
+                            }
+                        }
+                    }
+                    (listed, reclaimed)
+                })
+            })
+            .collect();
+        for _ in 0..40 {
+            let seq = store.begin_read().unwrap().seq() + 1;
+            let mut tx = store.begin_write().unwrap();
+            for i in 0..KEYS {
+                tx.put(key(i), seq.to_le_bytes()).unwrap();
+            }
+            assert_eq!(tx.commit().unwrap(), seq);
+            store.compact().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    println!("{listed} listings, {reclaimed} answered HistoryReclaimed");
+    assert!(
+        listed > 0 && reclaimed > 0,
+        "{listed} listed, {reclaimed} reclaimed"
+    );
+}

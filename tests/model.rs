@@ -99,7 +99,11 @@ fn keys_of_every_length_changes_readers_second_handles_and_backups_match_the_mod
             _ => Op::CommitBesideReader,
         });
         ops.push(Op::Changes { back: i as u8 });
-        ops.push(Op::SecondHandle);
+        ops.push(if i % 2 == 0 {
+            Op::SecondHandle
+        } else {
+            Op::ReadOnlyHandle
+        });
         if i % 4 == 3 {
             ops.push(Op::Backup);
             ops.push(Op::Compact);

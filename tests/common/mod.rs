@@ -26,13 +26,11 @@ pub fn random_ops(rng: &mut ChaCha8Rng, n: usize, big: bool, reopen: bool) -> Ve
                     len: rng.gen(),
                 },
                 33 => Op::Changes { back: rng.gen() },
-                34 => {
-                    if rng.gen_bool(0.25) {
-                        Op::Backup
-                    } else {
-                        Op::SecondHandle
-                    }
-                }
+                34 => match rng.gen_range(0..4) {
+                    0 => Op::Backup,
+                    1 => Op::ReadOnlyHandle,
+                    _ => Op::SecondHandle,
+                },
                 35..=36 if big => Op::BigPut {
                     key,
                     len: rng.gen(),
