@@ -37,10 +37,11 @@ MUTANTS = {
         """                        self.publish(&mut w, &map, &mut st);
                         // Alone, no snapshot open, the checkpoint names the
                         // new table: nothing can read the old one.
-                        if !self.pinned() && self.scan_readers().snapshots.is_empty() {""",
+                        let alone = !self.pinned() && self.scan_readers().snapshots.is_empty();
+                        self.faults.point(PausePoint::AfterRelocationScan);""",
         """                        let alone = !self.pinned() && self.scan_readers().snapshots.is_empty();
-                        self.publish(&mut w, &map, &mut st);
-                        if alone {"""),
+                        self.faults.point(PausePoint::AfterRelocationScan);
+                        self.publish(&mut w, &map, &mut st);"""),
     # 4. Retire only after the last snapshot: retired space is freed (and
     #    reused) whatever snapshots are open.
     "retire-after-last-snapshot": ("src/engine/reclaim.rs",

@@ -57,6 +57,12 @@ pub enum PausePoint {
     /// reader table scanned, before the old table's space is freed (and
     /// then cut off the file).
     BeforeOldIndexFreed,
+    /// In `Store::compact()`, right after it looked for open snapshots
+    /// before freeing the index table it moved away from — wherever that
+    /// look is, and whatever it found. A snapshot begun here must read the
+    /// new table; a publish that came after the look would leave it on
+    /// the old one, about to be freed.
+    AfterRelocationScan,
     /// In the thread that reads a cold store into memory after an open
     /// (`Options::warm_on_open`), before it reads anything.
     Warming,

@@ -110,8 +110,9 @@ fn check_live(snap: &mapkv::ReadTxn<'_>, round: u32, what: &str) {
 }
 
 /// The race of the lived-in-stores issue, made deterministic: a snapshot
-/// begins at the instant `compact()` has moved the index table down and is
-/// about to free the old one. It must read the new table (or keep the old
+/// begins at the instant `compact()` has moved the index table down and
+/// looked for snapshots before freeing the old one (the pause point goes
+/// with the look, so the test holds wherever the publish is moved). It must read the new table (or keep the old
 /// one from being freed): after `compact()` returns, and after later
 /// commits reuse the freed space, it reads every key as committed.
 #[test]
@@ -124,7 +125,7 @@ fn pause_race_child(db: &Path) {
     let faults = Faults::new();
     let store = churned(db, &faults);
     let before = store.stats().unwrap().file_bytes;
-    faults.pause_at(PausePoint::BeforeOldIndexFreed);
+    faults.pause_at(PausePoint::AfterRelocationScan);
     let snap = std::thread::scope(|s| {
         let compactor = s.spawn(|| store.compact().unwrap());
         assert!(

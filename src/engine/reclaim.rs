@@ -107,7 +107,9 @@ impl Shared {
                         self.publish(&mut w, &map, &mut st);
                         // Alone, no snapshot open, the checkpoint names the
                         // new table: nothing can read the old one.
-                        if !self.pinned() && self.scan_readers().snapshots.is_empty() {
+                        let alone = !self.pinned() && self.scan_readers().snapshots.is_empty();
+                        self.faults.point(PausePoint::AfterRelocationScan);
+                        if alone {
                             self.faults.point(PausePoint::BeforeOldIndexFreed);
                             self.free_retired(&mut w, u64::MAX);
                             w.space_dirty = true;
