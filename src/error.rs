@@ -115,6 +115,12 @@ pub enum Error {
         /// What was asked for.
         what: &'static str,
     },
+    /// A key or value could not be encoded or decoded by a codec
+    /// (`codec::Codec`, feature `serde`).
+    Codec {
+        /// What failed, and why.
+        what: String,
+    },
     /// A value cannot be read in place as the type asked for
     /// (`ReadTxn::get_pod`): it has another size, or it does not start
     /// at a multiple of the type's alignment (it was not written with
@@ -196,6 +202,7 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Unsupported { what } => write!(f, "{what} is not supported yet"),
+            Error::Codec { what } => write!(f, "codec: {what}"),
             Error::ValueLayout {
                 len,
                 aligned,

@@ -32,7 +32,8 @@
 //! turns default features off and gets the engine alone. `testing` adds
 //! the checking harnesses (`check`, `sim`, `torture`, `faults`,
 //! `Options::faults`, `Options::open_sim`); `arbitrary` adds `Arbitrary`
-//! for the fuzz targets. See the README's table.
+//! for the fuzz targets; `serde` adds typed keys and values (`codec`).
+//! See the README's table.
 //!
 //! ## Promises
 //!
@@ -114,6 +115,8 @@ compile_error!("mapkv needs a target with 64-bit pointers (it maps its file with
 mod changes;
 #[cfg(feature = "testing")]
 pub mod check;
+#[cfg(feature = "serde")]
+pub mod codec;
 #[allow(unsafe_code)]
 mod cpu;
 mod engine;

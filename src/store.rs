@@ -118,6 +118,17 @@ impl Store {
     /// more; take a `Snapshot` to keep one in a struct or send it to
     /// another thread.
     ///
+    /// ```
+    /// struct Cache { snap: mapkv::Snapshot } // no lifetime to carry
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"k", b"v")?;
+    /// let cache = Cache { snap: store.snapshot()? };
+    /// drop(store); // the snapshot keeps the store open
+    /// assert_eq!(cache.snap.get(b"k")?, Some(&b"v"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`begin_read`](Self::begin_read).
     pub fn snapshot(&self) -> Result<Snapshot> {

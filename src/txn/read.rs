@@ -110,6 +110,19 @@ impl<'s> ReadTxn<'s> {
     /// [`get_many`](Self::get_many) into a caller's vector (cleared
     /// first), so a loop of batches allocates once.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"a", b"1")?;
+    /// let snap = store.begin_read()?;
+    /// let mut out = Vec::new();
+    /// for batch in [[&b"a"[..], b"x"], [b"x", b"a"]] {
+    ///     snap.get_many_into(&batch, &mut out)?;
+    ///     assert_eq!(out.iter().flatten().count(), 1);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`get`](Self::get), for the first key that fails; `out` then
     /// holds the values before it.
@@ -181,6 +194,19 @@ impl<'s> ReadTxn<'s> {
     /// `size_of::<T>()` bytes or does not start at a multiple of
     /// `align_of::<T>()` (a value written with `put`, or for another type).
     /// Never undefined behaviour: the checks are `bytemuck`'s.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// let mut tx = store.begin_write()?;
+    /// tx.put_pod(b"hits", &41u64)?;
+    /// tx.commit()?;
+    /// let snap = store.begin_read()?;
+    /// let hits: &u64 = snap.get_pod(b"hits")?.unwrap();
+    /// assert_eq!(*hits, 41);
+    /// assert!(snap.get_pod::<u32>(b"hits").is_err()); // 8 bytes, not 4
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get_pod<T: bytemuck::AnyBitPattern>(&self, key: impl AsRef<[u8]>) -> Result<Option<&T>> {
         let Some(v) = self.get(key)? else {
             return Ok(None);
@@ -192,6 +218,15 @@ impl<'s> ReadTxn<'s> {
 
     /// The value of `key` copied out as a `T`, wherever it lies (any
     /// alignment; the size must be `T`'s).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = mapkv::Store::open(dir.path().join("data.kv"))?;
+    /// store.put(b"odd key", 7u32.to_ne_bytes())?; // written with put: any alignment
+    /// let n: u32 = store.begin_read()?.get_pod_copy(b"odd key")?.unwrap();
+    /// assert_eq!(n, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`get`](Self::get); `ValueLayout` if the value is not
