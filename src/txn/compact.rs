@@ -179,8 +179,11 @@ impl<'s> WriteTxn<'s> {
                     buf.extend_from_slice(key);
                     buf.extend_from_slice(rec.value(&map));
                     let (k, v) = buf.split_at(rec.key_len);
+                    // (An alignment the key cannot give is a damaged flag:
+                    // the copy goes anywhere.)
                     let align = value_align(rec.flags);
-                    if rec.kind == KIND_PUT && align > 1 {
+                    let fits = rec.key_len as u64 % align.min(RECORD_ALIGN) == 0;
+                    if rec.kind == KIND_PUT && align > 1 && fits {
                         self.append_aligned(FLAG_MOVED, hash, rec.off, k, v, align)?;
                     } else {
                         self.append_flags(rec.kind, FLAG_MOVED, hash, rec.off, k, v)?;

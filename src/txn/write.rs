@@ -169,9 +169,15 @@ impl<'s> WriteTxn<'s> {
         self.put_aligned(key, bytemuck::bytes_of(value), align)
     }
 
-    /// A put whose value starts at a multiple of `align` (1: anywhere);
-    /// the caller checked the key's length against it.
+    /// A put whose value starts at a multiple of `align` (1: anywhere).
+    /// An alignment the key's length cannot give (flags read from a
+    /// damaged file, copied by backup or salvage) is dropped: the value is
+    /// then written anywhere, and `get_pod` refuses it.
     pub(crate) fn put_aligned(&mut self, key: &[u8], value: &[u8], align: u64) -> Result<()> {
+        let fits = align.is_power_of_two()
+            && align <= MAX_VALUE_ALIGN
+            && key.len() as u64 % align.min(RECORD_ALIGN) == 0;
+        let align = if fits { align } else { 1 };
         check_key(key)?;
         check_value(value)?;
         let hash = hash_key(self.shared.seed, key);
