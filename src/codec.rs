@@ -64,6 +64,11 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Postcard {
     }
 }
 
+/// A value read by a `get`, decoded with `C`.
+fn decoded<C: Codec<V>, V>(value: Option<&[u8]>) -> Result<Option<V>> {
+    value.map(C::decode).transpose()
+}
+
 impl ReadTxn<'_> {
     /// The value of `key` decoded with codec `C` (both encoded with it).
     ///
@@ -75,8 +80,7 @@ impl ReadTxn<'_> {
         C: Encode<K> + Codec<V>,
         K: ?Sized,
     {
-        let key = <C as Encode<K>>::encode(key)?;
-        self.get(key)?.map(<C as Codec<V>>::decode).transpose()
+        decoded::<C, V>(self.get(<C as Encode<K>>::encode(key)?)?)
     }
 }
 
@@ -117,8 +121,7 @@ impl WriteTxn<'_> {
         C: Encode<K> + Codec<V>,
         K: ?Sized,
     {
-        let key = <C as Encode<K>>::encode(key)?;
-        self.get(key)?.map(<C as Codec<V>>::decode).transpose()
+        decoded::<C, V>(self.get(<C as Encode<K>>::encode(key)?)?)
     }
 
     /// Removes `key` (encoded with `C`); whether it had a value.

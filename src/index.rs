@@ -82,16 +82,29 @@ pub(crate) enum Find {
     Checked,
 }
 
+impl Find {
+    /// What [`Table::quick_lookup`] answers for this slot: the second half
+    /// of a quick lookup, once the slot is known.
+    #[inline]
+    pub(crate) fn quick<'m>(
+        self,
+        map: &'m Mapping,
+        fence: &Fence,
+        key: &[u8],
+        seq: u64,
+    ) -> Quick<'m> {
+        match self {
+            Find::Record(off) => quick_record(map, fence, off, key, seq),
+            Find::Vacant => Quick::Vacant,
+            Find::Checked => Quick::Checked,
+        }
+    }
+}
+
 /// The value of the record at `off` if it is the common case (see
 /// [`Table::quick_lookup`]).
 #[inline]
-pub(crate) fn quick_record<'m>(
-    map: &'m Mapping,
-    fence: &Fence,
-    off: u64,
-    key: &[u8],
-    seq: u64,
-) -> Quick<'m> {
+fn quick_record<'m>(map: &'m Mapping, fence: &Fence, off: u64, key: &[u8], seq: u64) -> Quick<'m> {
     // The header's fields are read straight from the map (not copied into
     // a `RecordHeader` first), so each check waits only for its bytes.
     let Some(head) = Span::new(off, HEADER_SIZE as u64, fence).and_then(|s| map.bytes(s)) else {
@@ -268,19 +281,7 @@ impl Table {
         key: &[u8],
         seq: u64,
     ) -> Quick<'m> {
-        let mask = self.cap() - 1;
-        let mut i = slot_home(hash, self.log2);
-        for _ in 0..self.cap() {
-            let v = self.load(map, i);
-            if v == SLOT_EMPTY {
-                return Quick::Vacant;
-            }
-            if slot_matches(v, hash) {
-                return quick_record(map, fence, slot_offset(v), key, seq);
-            }
-            i = (i + 1) & mask;
-        }
-        Quick::Checked
+        self.quick_find(map, hash).quick(map, fence, key, seq)
     }
 
     /// Puts `v` into the first empty slot of `hash`'s chain, for a key known

@@ -119,7 +119,22 @@ impl Shared {
             key
         };
         let hash = hash_key(self.seed, key);
-        match st.table().quick_lookup(map, fence, hash, key, st.seq) {
+        let quick = st.table().quick_lookup(map, fence, hash, key, st.seq);
+        self.answer(quick, map, st, fence, key)
+    }
+
+    /// The value a quick lookup's answer gives: its own, or the checked
+    /// path's for what it leaves (`ReadTxn::get_many` shares it).
+    #[inline]
+    pub(crate) fn answer<'m>(
+        &self,
+        quick: Quick<'m>,
+        map: &'m Mapping,
+        st: &State,
+        fence: &Fence,
+        key: &[u8],
+    ) -> Result<Option<&'m [u8]>> {
+        match quick {
             Quick::Value(v) => Ok(Some(v)),
             Quick::Deleted => Ok(None),
             // While the index moves, the key may still be in the old table.

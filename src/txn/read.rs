@@ -6,7 +6,7 @@ use crate::changes::Changes;
 use crate::engine::{Shared, SnapshotRecords, PREFETCH_AHEAD};
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::index::{quick_record, Find, Quick, Records};
+use crate::index::{Find, Records};
 use crate::live::State;
 use crate::readers::Slot;
 use crate::storage::{Fence, Mapping};
@@ -138,7 +138,6 @@ impl<'s> ReadTxn<'s> {
         out.clear();
         let map = &*self.map;
         let table = self.st.table();
-        let moving = self.st.old_table().is_some();
         let mut hashes = Vec::with_capacity(keys.len());
         for key in keys {
             let key = key.as_ref();
@@ -167,20 +166,8 @@ impl<'s> ReadTxn<'s> {
                 find(i + AHEAD, &mut finds);
             }
             let key = key.as_ref();
-            let quick = match finds[i] {
-                Find::Record(off) => quick_record(map, &self.fence, off, key, self.st.seq),
-                Find::Vacant => Quick::Vacant,
-                Find::Checked => Quick::Checked,
-            };
-            out.push(match quick {
-                Quick::Value(v) => Some(v),
-                Quick::Deleted => None,
-                Quick::Vacant if !moving => None,
-                Quick::Vacant | Quick::Checked => {
-                    self.shared
-                        .lookup_checked(map, &self.st, &self.fence, key)?
-                }
-            });
+            let quick = finds[i].quick(map, &self.fence, key, self.st.seq);
+            out.push(self.shared.answer(quick, map, &self.st, &self.fence, key)?);
         }
         Ok(())
     }
