@@ -135,6 +135,14 @@ pub enum Error {
         /// The type's alignment.
         align: usize,
     },
+    /// A shared-memory store's name is not one `shm_open` can take
+    /// ([`Options::open_shm`](crate::Options::open_shm)).
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -214,6 +222,9 @@ impl fmt::Display for Error {
                  aligned to {align} (write it with put_pod)",
                 if *aligned { "" } else { " at a misaligned address" }
             ),
+            Error::InvalidName { name, reason } => {
+                write!(f, "shared-memory store name {name:?}: {reason}")
+            }
         }
     }
 }

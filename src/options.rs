@@ -9,14 +9,14 @@ use crate::faults::Faults;
 #[cfg(feature = "testing")]
 use crate::sim::SimDisk;
 use crate::storage::file::FileBackend;
+use crate::storage::private::PrivateBackend;
 use crate::Store;
 
 /// See [`Options::compact_threshold`].
 const DEFAULT_COMPACT_THRESHOLD: f64 = 0.3;
 
 /// When `commit()` returns, how safe is the commit? (Non-exhaustive: a
-/// level may be added, such as the memory-only durability of a store in
-/// shared memory.)
+/// level may be added.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
@@ -29,6 +29,14 @@ pub enum Durability {
     /// next `Immediate` commit or [`Store::sync`]. Older commits are never
     /// damaged.
     Eventual,
+    /// The durability of memory, which is all a store in shared memory
+    /// ([`Options::open_shm`]) or a private view ([`Options::private`])
+    /// has: the commit is visible to every reader and survives the
+    /// process that made it (for a shared-memory store: as long as the
+    /// machine runs), but not a reboot. Commits do no flush.
+    /// [`Store::durability`] says `Memory` for such stores whatever was
+    /// asked; asked of a file store, it means [`Eventual`](Self::Eventual).
+    Memory,
 }
 
 /// Options for opening a store: a builder.
@@ -52,6 +60,8 @@ pub struct Options {
     pub(crate) auto_compact: bool,
     pub(crate) compact_threshold: f64,
     pub(crate) warm_on_open: bool,
+    pub(crate) mode: Option<u32>,
+    pub(crate) private: bool,
 }
 
 impl Default for Options {
@@ -71,6 +81,8 @@ impl Options {
             auto_compact: true,
             compact_threshold: DEFAULT_COMPACT_THRESHOLD,
             warm_on_open: true,
+            mode: None,
+            private: false,
         }
     }
 
@@ -175,6 +187,66 @@ impl Options {
         self
     }
 
+    /// The permission bits a new store is created with, exactly (the
+    /// umask does not apply). Unset, a file store follows the umask (mode
+    /// `0o666` less the umask, as `open(2)` does) and a shared-memory store
+    /// gets `0o600`: `/dev/shm` is visible to every user of the machine.
+    /// An existing store keeps its mode.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::os::unix::fs::PermissionsExt;
+    /// let path = dir.path().join("data.kv");
+    /// let store = mapkv::Options::new().mode(0o640).open(&path)?;
+    /// assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o640);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn mode(mut self, mode: u32) -> Options {
+        self.mode = Some(mode & 0o7777);
+        self
+    }
+
+    /// Opens a private, copy-on-write view of a store file (default
+    /// `false`): the file is mapped `MAP_PRIVATE` and never written. The
+    /// view takes no writer lock and its write transactions commit into
+    /// this handle's memory only: the file's bytes, size and modification
+    /// time stay as they were, and no other handle or process sees the
+    /// view's commits. Dropping the view throws them away. For dry runs
+    /// (what would this load change?), what-ifs, and working on a damaged
+    /// store without risk.
+    ///
+    /// What the view shows: the store as of its opening (the newest
+    /// commit it finds in the file then, recovered as a read-write open
+    /// would recover it, on its private copy), plus its own commits. It
+    /// does not follow later commits of other processes. It works on a
+    /// file this process may only read, and beside a writer in another
+    /// process: while a view is open, the store's writers reuse no log
+    /// space (as for a read-only handle on a read-only file: the view
+    /// holds the `Pin` lock) and no handle shrinks the file. Its
+    /// durability is [`Durability::Memory`] of the process.
+    ///
+    /// Cost: the pages the view changes are copied into its memory, and
+    /// opening copies the fixed pages and the index tables (about 8 bytes
+    /// per key slot).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("data.kv");
+    /// # mapkv::Store::open(&path)?.put(b"k", b"real")?;
+    /// let view = mapkv::Options::new().private(true).open(&path)?;
+    /// view.put(b"k", b"what if")?;
+    /// assert_eq!(view.get(b"k")?.as_deref(), Some(&b"what if"[..]));
+    /// drop(view);
+    /// assert_eq!(mapkv::Store::open(&path)?.get(b"k")?.as_deref(), Some(&b"real"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn private(mut self, yes: bool) -> Options {
+        self.private = yes;
+        self
+    }
+
     /// Failures to inject into the file backend (see [`crate::faults`]):
     /// for testing what the store does when the system says no. (Feature
     /// `testing`.)
@@ -194,6 +266,14 @@ impl Options {
     /// whose last writer crashed and that nobody has opened read-write since.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
+        if self.private {
+            return self.open_private(path);
+        }
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            op: "open the file".into(),
+            source,
+        };
         let open = |write: bool| {
             OpenOptions::new()
                 .read(true)
@@ -207,16 +287,21 @@ impl Options {
         // writable descriptor first; a file it may not write (permissions,
         // a read-only mount) is opened for reading and its snapshots are
         // protected by the `Pin` lock instead (docs/DESIGN.md, "Readers").
-        let (file, fd_writable) = match open(true) {
-            Ok(f) => (Ok(f), true),
-            Err(e) if self.read_only && may_not_write(&e) => (open(false), false),
-            Err(e) => (Err(e), true),
+        let created = match self.mode {
+            Some(mode) if self.create && !self.read_only => {
+                create_with_mode(path, mode).map_err(io)?
+            }
+            _ => None,
         };
-        let file = file.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            op: "open the file".into(),
-            source,
-        })?;
+        let (file, fd_writable) = match created {
+            Some(file) => (Ok(file), true),
+            None => match open(true) {
+                Ok(f) => (Ok(f), true),
+                Err(e) if self.read_only && may_not_write(&e) => (open(false), false),
+                Err(e) => (Err(e), true),
+            },
+        };
+        let file = file.map_err(io)?;
         let backend = FileBackend::new(
             file,
             path.to_path_buf(),
@@ -225,6 +310,112 @@ impl Options {
             self.faults.clone(),
         );
         Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+    }
+
+    /// Opens (or creates) the store in the POSIX shared-memory object
+    /// `name` (`shm_open`; on Linux the file `/dev/shm/<name>`), for
+    /// processes on one machine that want a transactional map between
+    /// them without a disk: caches, registries, work queues. Everything
+    /// works as for a file — snapshots, the one writer, the reader table,
+    /// [`Store::wait_for_commit`], [`ReadTxn::changes_since`], dead
+    /// processes — except durability, which is that of memory
+    /// ([`Durability::Memory`]): the store survives processes, not a
+    /// reboot, and commits do no flush. A new store gets mode `0o600`
+    /// unless [`mode`](Self::mode) says otherwise. `name` is a file name
+    /// (1 to 255 bytes, no `/` except an optional leading one, not `.` or
+    /// `..`). [`Store::unlink_shm`] removes the store.
+    ///
+    /// A full `/dev/shm` (it is a `tmpfs` with a size limit) is an
+    /// [`Error::Io`] with `ENOSPC` from the commit that needed the room,
+    /// and the store stays as it was: space is reserved with `fallocate`
+    /// before it is used, never found missing by a write through the map.
+    ///
+    /// ```
+    /// let name = format!("mapkv-doc-{}", std::process::id());
+    /// let store = mapkv::Options::new().open_shm(&name)?;
+    /// store.put(b"k", b"v")?;
+    /// assert_eq!(store.durability(), mapkv::Durability::Memory);
+    /// // Another process opening `name` sees the same store.
+    /// let again = mapkv::Store::open_shm(&name)?;
+    /// assert_eq!(again.get(b"k")?.as_deref(), Some(&b"v"[..]));
+    /// mapkv::Store::unlink_shm(&name)?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    ///
+    /// [`ReadTxn::changes_since`]: crate::ReadTxn::changes_since
+    ///
+    /// # Errors
+    /// `InvalidName` for a name `shm_open` cannot take; otherwise as
+    /// [`open`](Self::open), with `/dev/shm/<name>` as the path.
+    pub fn open_shm(&self, name: &str) -> Result<Store> {
+        let name = shm_name(name)?;
+        let path = Path::new("/dev/shm").join(&name[1..]);
+        if self.private {
+            return self.open_private(&path);
+        }
+        let write = true; // a read-only handle still registers its snapshots
+        let create = self.create && !self.read_only;
+        let mode = self.mode.unwrap_or(0o600);
+        let opened = match crate::sys::shm_open(&name, write, create, mode) {
+            Err(e) if self.read_only && may_not_write(&e) => {
+                crate::sys::shm_open(&name, false, false, mode).map(|(f, _)| (f, false))
+            }
+            r => r.map(|(f, _)| (f, true)),
+        };
+        let (file, fd_writable) = opened.map_err(|source| Error::Io {
+            path: path.clone(),
+            op: "open the shared-memory object".into(),
+            source,
+        })?;
+        let backend = FileBackend::new(
+            file,
+            path,
+            !self.read_only,
+            fd_writable,
+            self.faults.clone(),
+        )
+        .in_memory();
+        Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+    }
+
+    /// A private view of the store at `path` ([`private`](Self::private)).
+    fn open_private(&self, path: &Path) -> Result<Store> {
+        let err = |op: &str, source| Error::Io {
+            path: path.to_path_buf(),
+            op: op.into(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(|e| err("open the file", e))?;
+        // A view creates nothing: an empty file is not a store to view.
+        if file
+            .metadata()
+            .map_err(|e| err("read the file length", e))?
+            .len()
+            == 0
+        {
+            return Err(Error::NotAStore {
+                path: path.to_path_buf(),
+                reason: "empty file".into(),
+            });
+        }
+        // Transient errors are possible while another process writes the
+        // store: the view copies its pages while they change, and a copy
+        // torn between two checkpoints fails its checks. Try again.
+        let mut tries = 0;
+        loop {
+            let backend = PrivateBackend::new(
+                file.try_clone().map_err(|e| err("open the file", e))?,
+                path.to_path_buf(),
+            )
+            .map_err(|e| err("map the file privately", e))?;
+            match Shared::open(Box::new(backend), self) {
+                Err(Error::Corrupted { .. }) if tries < 3 => tries += 1,
+                r => return Ok(Store::from_shared(r?)),
+            }
+        }
     }
 
     /// Opens a store on a simulated disk (see [`crate::sim`]), for crash
@@ -241,6 +432,54 @@ impl Options {
         }
         Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
     }
+}
+
+/// Creates `path` with exactly `mode` if it does not exist yet: the new
+/// file, or `None` when it existed.
+fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(file) => {
+            // `open` applied the umask; the caller asked for `mode`.
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            Ok(Some(file))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `name` as `shm_open` takes it (with its leading `/`), or why not.
+pub(crate) fn shm_name(name: &str) -> Result<String> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if bare.is_empty() {
+        return bad("empty");
+    }
+    if bare.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    if bare.contains('/') {
+        return bad("contains '/' (a name, not a path)");
+    }
+    if bare.contains('\0') {
+        return bad("contains a NUL byte");
+    }
+    if bare == "." || bare == ".." {
+        return bad("is '.' or '..'");
+    }
+    Ok(format!("/{bare}"))
 }
 
 /// Whether opening for writing failed only because this process may not

@@ -103,6 +103,39 @@ impl Store {
         &self.shared.path
     }
 
+    /// How durable this handle's commits are by default: what
+    /// [`Options::durability`] asked, or [`Durability::Memory`] for a store
+    /// in shared memory ([`Options::open_shm`]) or a private view
+    /// ([`Options::private`]), which have nothing else.
+    pub fn durability(&self) -> Durability {
+        self.shared.durability
+    }
+
+    /// Opens (or creates) the store in the shared-memory object `name`
+    /// with default options: [`Options::open_shm`].
+    ///
+    /// # Errors
+    /// As [`Options::open_shm`].
+    pub fn open_shm(name: &str) -> Result<Store> {
+        Options::new().open_shm(name)
+    }
+
+    /// Removes the shared-memory store `name` (`shm_unlink`). Handles that
+    /// have it open keep working on it until they close; a new
+    /// [`open_shm`](Self::open_shm) of the name creates a new store.
+    ///
+    /// # Errors
+    /// `InvalidName` for a name `shm_open` cannot take; `Io` (`ENOENT` if
+    /// there is no such object) otherwise.
+    pub fn unlink_shm(name: &str) -> Result<()> {
+        let name = crate::options::shm_name(name)?;
+        crate::sys::shm_unlink(&name).map_err(|source| Error::Io {
+            path: Path::new("/dev/shm").join(&name[1..]),
+            op: "remove the shared-memory object".into(),
+            source,
+        })
+    }
+
     /// Begins a snapshot of the newest commit. Takes no lock; the only
     /// system call it can make is a remap after the file grew.
     ///

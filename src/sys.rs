@@ -244,3 +244,65 @@ pub(crate) unsafe fn futex_wake(addr: *const u32) {
         );
     }
 }
+
+/// Opens the POSIX shared-memory object `name` (which starts with `/` and
+/// has no other `/`): `shm_open`, which on Linux opens `/dev/shm/<name>`.
+/// With `create`, an object that does not exist yet is made with exactly
+/// `mode` (set again after creation: `shm_open` applies the umask); the
+/// second value says whether this call made it.
+pub(crate) fn shm_open(
+    name: &str,
+    write: bool,
+    create: bool,
+    mode: u32,
+) -> io::Result<(File, bool)> {
+    use std::os::fd::FromRawFd;
+    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let access = if write { libc::O_RDWR } else { libc::O_RDONLY };
+    let open = |flags: libc::c_int| -> io::Result<File> {
+        loop {
+            // SAFETY: `cname` is a NUL-terminated string that outlives the
+            // call; flags and mode are integers.
+            let fd = unsafe {
+                libc::shm_open(
+                    cname.as_ptr(),
+                    flags | libc::O_CLOEXEC,
+                    mode as libc::mode_t,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by shm_open and nothing
+                // else owns it.
+                return Ok(unsafe { File::from_raw_fd(fd) });
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+    };
+    if create && write {
+        match open(access | libc::O_CREAT | libc::O_EXCL) {
+            Ok(file) => {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                return Ok((file, true));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((open(access)?, false))
+}
+
+/// Removes the shared-memory object `name` (`shm_unlink`); processes that
+/// have it open keep it until they close it.
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: `cname` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::shm_unlink(cname.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

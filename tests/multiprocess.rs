@@ -750,6 +750,92 @@ fn change_writer_child(store: &Store) {
     tx.commit().unwrap();
 }
 
+// ---- private views ----
+
+/// The money in a snapshot, and how many accounts hold it.
+fn bank_total(snap: &mapkv::ReadTxn<'_>) -> (u64, u64) {
+    snap.iter().fold((0, 0), |(total, n), kv| {
+        let (_, v) = kv.unwrap();
+        (total + balance_of(v), n + 1)
+    })
+}
+
+/// Private views opened again and again while a writer in another process
+/// commits and compacts: each view holds all the money, keeps the state it
+/// opened on while the writer goes on, takes its own transfers, and never
+/// shows them to the writer.
+#[test]
+fn private_views_beside_a_writer_in_another_process_keep_their_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("viewed.kv");
+    let start_seq = {
+        let store = Store::open(&db).unwrap();
+        let mut tx = store.begin_write().unwrap();
+        for i in 0..ACCOUNTS {
+            tx.put(account(i), balance_value(START_BALANCE, 0)).unwrap();
+        }
+        tx.commit().unwrap()
+    };
+    const COMMITS: u64 = 2_000;
+    let mut writer = Proc::spawn(
+        "bank-writer",
+        &db,
+        &[("MAPKV_COMMITS", COMMITS.to_string())],
+    );
+    let probe = Options::new().read_only(true).open(&db).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut views = 0;
+    loop {
+        let live_seq = probe.begin_read().unwrap().seq();
+        let view = Options::new().private(true).open(&db).unwrap();
+        let opened = view.begin_read().unwrap().seq();
+        assert!(opened >= live_seq, "a view older than the store it opened");
+        assert_eq!(
+            bank_total(&view.begin_read().unwrap()),
+            (ACCOUNTS * START_BALANCE, ACCOUNTS)
+        );
+        // A private transfer of everything account 0 has to account 1.
+        let mut tx = view.begin_write().unwrap();
+        let a = balance_of(tx.get(account(0)).unwrap().unwrap());
+        let b = balance_of(tx.get(account(1)).unwrap().unwrap());
+        tx.put(account(0), balance_value(0, 99)).unwrap();
+        tx.put(account(1), balance_value(a + b, 99)).unwrap();
+        let mine = tx.commit().unwrap();
+        assert_eq!(
+            mine,
+            opened + 1,
+            "the view's commit follows what it opened on"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // the writer goes on
+        let snap = view.begin_read().unwrap();
+        assert_eq!(snap.seq(), mine, "a view followed another process");
+        assert_eq!(bank_total(&snap), (ACCOUNTS * START_BALANCE, ACCOUNTS));
+        assert_eq!(balance_of(snap.get(account(0)).unwrap().unwrap()), 0);
+        assert!(view.verify().unwrap().is_ok());
+        drop(snap);
+        drop(view);
+        seen.insert(opened);
+        views += 1;
+        if live_seq >= start_seq + COMMITS {
+            break;
+        }
+    }
+    let done = writer.expect("done");
+    assert_eq!(done[0].parse::<u64>().unwrap(), start_seq + COMMITS);
+    writer.finish();
+    println!("{views} views, on {} distinct states", seen.len());
+    assert!(seen.len() >= 3, "views saw only {} states", seen.len());
+    let store = Store::open(&db).unwrap();
+    assert!(store.verify().unwrap().is_ok());
+    let snap = store.begin_read().unwrap();
+    assert_eq!(bank_total(&snap), (ACCOUNTS * START_BALANCE, ACCOUNTS));
+    assert_ne!(
+        snap.get(account(0)).unwrap().unwrap()[8],
+        99,
+        "a view's commit reached the file"
+    );
+}
+
 // ---- read-only files ----
 
 /// A process that may not write the file: as root, a child running as
@@ -808,6 +894,78 @@ fn a_process_that_may_not_write_the_file_reads_follows_and_waits() {
     reader.finish();
 }
 
+/// A private view by a process that may only read the file (`nobody`,
+/// mode 0444): it commits in memory, and the file stays byte for byte.
+#[test]
+fn a_process_that_may_only_read_the_file_commits_in_a_private_view() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("ro.kv");
+    {
+        let store = Store::open(&db).unwrap();
+        store.put(b"k", b"v1").unwrap();
+        store.close().unwrap();
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let modified = std::fs::metadata(&db).unwrap().modified().unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut exe = std::env::current_exe().unwrap();
+    if root {
+        let copy = dir.path().join("child-exe");
+        std::fs::copy(&exe, &copy).unwrap();
+        exe = copy;
+    }
+    let mut cmd = child_command(&exe, "private-view", &db, &[]);
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    let mut child = match Proc::start(cmd) {
+        Ok(p) => p,
+        Err(e) if root && std::env::var_os("CI").is_none() => {
+            eprintln!("NOT RUN: cannot run a child as nobody here ({e})");
+            return;
+        }
+        Err(e) => panic!("spawn child: {e}"),
+    };
+    let said = child.expect("viewed");
+    assert_eq!(said, vec!["v1", "v2", "100"]);
+    child.finish();
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "the view wrote the file"
+    );
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().modified().unwrap(),
+        modified
+    );
+}
+
+fn private_view_child(db: &str) {
+    // A plain open must fail: this user may not write the file.
+    assert!(
+        Store::open(db).is_err(),
+        "nobody opened a 0444 file read-write"
+    );
+    let view = Options::new().private(true).open(db).unwrap();
+    let v1 = view.get(b"k").unwrap().unwrap();
+    view.put(b"k", b"v2").unwrap();
+    let mut tx = view.begin_write().unwrap();
+    for i in 0..100u32 {
+        tx.put(i.to_le_bytes(), [7u8; 100]).unwrap();
+    }
+    tx.commit().unwrap();
+    let n = view.begin_read().unwrap().iter().count() - 1;
+    say(format!(
+        "viewed {} {} {n}",
+        String::from_utf8(v1).unwrap(),
+        String::from_utf8(view.get(b"k").unwrap().unwrap()).unwrap()
+    ));
+}
+
 fn read_only_child(store: &Store) {
     let seen = store.begin_read().unwrap().seq();
     assert!(matches!(store.begin_write(), Err(Error::ReadOnly { .. })));
@@ -843,6 +1001,9 @@ fn child() {
     let db = std::env::var("MAPKV_DB").expect("run as a child");
     let role = std::env::var("MAPKV_ROLE").unwrap();
     let read_only = role == "read-only";
+    if role == "private-view" {
+        return private_view_child(&db);
+    }
     let store = Options::new().read_only(read_only).open(&db).unwrap();
     match role.as_str() {
         "bank-writer" => bank_writer(&store, env_u64("MAPKV_COMMITS")),

@@ -6,7 +6,7 @@ use super::{corrupted, io_error, Shared, Tail, Writer};
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::live::{self, State};
-use crate::options::Options;
+use crate::options::{Durability, Options};
 use crate::readers::Registry;
 use crate::space::{Space, Use};
 use crate::storage::{Backend, LockId, LockMode, Mapping, Prepare};
@@ -157,12 +157,25 @@ impl Shared {
         }
         let from_meta = State::from_meta(&meta, file_len);
         from_meta.validate(&path, meta_at, "meta page")?;
+        // A private view copies the tables it is about to trust (no-op
+        // for the other backends; storage/private.rs).
+        for (start, end) in from_meta.fence().tables() {
+            if end > start {
+                backend
+                    .own(&map, start, end - start)
+                    .map_err(|e| io_error(&path, "copy the index into the view", e))?;
+            }
+        }
         let mut shared = Shared {
             path: path.clone(),
             map: ArcSwap::from_pointee(map),
             remap: Mutex::new(()),
             seed: meta.hash_seed.get(),
-            durability: opts.durability,
+            durability: if backend.durable() {
+                opts.durability
+            } else {
+                Durability::Memory
+            },
             auto_compact: opts.auto_compact,
             compact_threshold: opts.compact_threshold,
             offline: None,

@@ -290,6 +290,9 @@ impl Shared {
         map: &mut Arc<Mapping>,
         st: &mut State,
     ) -> Result<()> {
+        if !self.backend.shared_log() {
+            return Ok(());
+        }
         let commits = self.scan_tail(map, st);
         if commits.is_empty() {
             return Ok(());

@@ -24,6 +24,9 @@ pub(crate) struct FileBackend {
     /// writable, for the reader table and wait counters.
     fd_writable: bool,
     faults: Faults,
+    /// The file is in memory (`/dev/shm`): durability is that of memory,
+    /// so flushes and writeback are skipped (`Options::open_shm`).
+    memory: bool,
 }
 
 impl FileBackend {
@@ -41,12 +44,19 @@ impl FileBackend {
             writable,
             fd_writable,
             faults,
+            memory: false,
         }
+    }
+
+    /// Marks the file as memory (a tmpfs object): no flushes.
+    pub(crate) fn in_memory(mut self) -> FileBackend {
+        self.memory = true;
+        self
     }
 }
 
 /// Lock bytes (offsets from `sys::LOCK_BASE`). docs/FORMAT.md lists them.
-fn lock_byte(id: LockId) -> u64 {
+pub(super) fn lock_byte(id: LockId) -> u64 {
     match id {
         LockId::Writer => 0,
         LockId::Open => 1,
@@ -72,7 +82,7 @@ const ZERO_FILL_MAX: u64 = 2 << 20;
 /// commit in a 10M-key bulk load, the index's pages faulted back in, and
 /// 16 ms where the file crossed 1 GiB with a 1 GiB minimum). Where the
 /// process may not map that much (`ulimit -v`), `map` asks for less.
-fn reserve_for(len: u64) -> u64 {
+pub(super) fn reserve_for(len: u64) -> u64 {
     let want = len.saturating_mul(4).max(64 << 30);
     want.min(crate::format::MAX_FILE_LEN).max(len)
 }
@@ -88,6 +98,10 @@ impl Backend for FileBackend {
 
     fn shared_writable(&self) -> bool {
         self.fd_writable
+    }
+
+    fn durable(&self) -> bool {
+        !self.memory
     }
 
     fn file_len(&self) -> io::Result<u64> {
@@ -166,6 +180,11 @@ impl Backend for FileBackend {
 
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()> {
         let len = len.min(ZERO_FILL_MAX);
+        if self.memory && use_ == Prepare::Log {
+            // tmpfs: `grow` allocated the pages already, zeroed; there is
+            // no conversion of unwritten blocks to get ahead of.
+            return Ok(());
+        }
         if use_ == Prepare::Table {
             // Through the map, and left dirty: the move that comes then
             // stores slots there with no fault at all (a write-protect
@@ -280,12 +299,19 @@ impl Backend for FileBackend {
     }
 
     fn start_writeback(&self, off: u64, len: u64) {
+        if self.memory {
+            return;
+        }
         // Errors are the flush's to report.
         let _ = sys::start_writeback(&self.file, off, len);
     }
 
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
         self.faults.msync()?;
+        if self.memory {
+            // Memory is as durable as a shared-memory store gets.
+            return Ok(());
+        }
         map.msync(off, len)
     }
 

@@ -56,6 +56,7 @@
 //! (see the crate's *Caveats*).
 
 pub(crate) mod file;
+pub(crate) mod private;
 
 use std::io;
 use std::path::Path;
@@ -115,6 +116,27 @@ pub(crate) trait Backend: Send + Sync {
     fn path(&self) -> &Path;
     fn writable(&self) -> bool;
     fn shared_writable(&self) -> bool;
+    /// Whether a flush makes anything outlive a reboot: false for a store
+    /// in shared memory or a private view, whose commits are
+    /// `Durability::Memory` whatever was asked.
+    fn durable(&self) -> bool {
+        true
+    }
+    /// Whether another handle's commits can appear in this handle's log:
+    /// a writer that dies leaves commits past the published tail, which
+    /// the next writer adopts. False for a private view, where what lies
+    /// past its tail in pages it has not copied is another process's
+    /// work in the real file, not its own.
+    fn shared_log(&self) -> bool {
+        true
+    }
+    /// Makes `[off, off + len)` this handle's own before the engine trusts
+    /// it: a private view copies the pages now, so that another process
+    /// writing the file later does not show through. Nothing to do for
+    /// the others.
+    fn own(&self, _map: &Mapping, _off: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     fn file_len(&self) -> io::Result<u64>;
     fn map(&self, len: u64) -> io::Result<Mapping>;
     /// Grows the file to `new_len` with blocks reserved (unwritten: they
@@ -189,6 +211,11 @@ pub(crate) enum Prepare {
 /// What keeps a mapping's memory alive.
 pub(crate) enum Owner {
     Mmap(memmap2::MmapRaw),
+    /// A private view's region (`private::Region`), shared by all its
+    /// mappings.
+    Private {
+        _keep: Arc<private::Region>,
+    },
     /// Only held: the Arc keeps the simulated disk's buffer alive.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Sim {
@@ -240,6 +267,11 @@ impl Fence {
         Fence {
             tables: tables.map(|(off, len)| (off, off.saturating_add(len))),
         }
+    }
+
+    /// The tables, as `(start, end)`; `(x, x)` is none.
+    pub(crate) fn tables(&self) -> [(u64, u64); 2] {
+        self.tables
     }
 
     /// Whether `[off, off + len)` lies in the data area and outside every
@@ -504,6 +536,7 @@ impl Mapping {
                 let len = len.min(self.len().saturating_sub(off));
                 m.flush_range(off as usize, len as usize)
             }
+            Owner::Private { .. } => Ok(()),
             Owner::Sim { .. } => Err(io::Error::other("msync on a simulated mapping")),
         }
     }

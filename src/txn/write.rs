@@ -72,8 +72,12 @@ impl<'s> WriteTxn<'s> {
 
     /// Sets the durability of this transaction's commit (the store's
     /// default comes from [`Options::durability`](crate::Options::durability)).
+    /// A store in memory ([`Store::durability`](crate::Store::durability)
+    /// is [`Durability::Memory`]) has no other: asking changes nothing.
     pub fn set_durability(&mut self, d: Durability) {
-        self.durability = d;
+        if self.shared.durability != Durability::Memory {
+            self.durability = d;
+        }
     }
 
     pub(super) fn seq(&self) -> u64 {
