@@ -556,3 +556,134 @@ fn compact_and_backup_reclaim_and_copy() {
     );
     assert_eq!(code(&kvctl(&db, &["verify"])), 0);
 }
+
+/// Everything a dry run must leave as it was.
+fn file_image(db: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    let meta = std::fs::metadata(db).unwrap();
+    (std::fs::read(db).unwrap(), meta.modified().unwrap())
+}
+
+#[test]
+fn dry_runs_report_what_would_change_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dry.kv");
+    assert_eq!(code(&kvctl(&db, &["put", "a", "1"])), 0);
+    assert_eq!(code(&kvctl(&db, &["put", "b", "2"])), 0);
+    // 8 MB in 4,000 values, then all but 50 deleted: dead space to compact.
+    let fill = dir.path().join("fill.jsonl");
+    let lines: String = (0..4000)
+        .map(|i| {
+            format!(
+                "{{\"key\":\"big{i}\",\"value\":\"{}\"}}\n",
+                "x".repeat(2000)
+            )
+        })
+        .collect();
+    std::fs::write(&fill, lines).unwrap();
+    assert_eq!(code(&kvctl(&db, &["load", fill.to_str().unwrap()])), 0);
+    let doomed: Vec<String> = (0..3950).map(|i| format!("big{i}")).collect();
+    let mut args = vec!["del"];
+    args.extend(doomed.iter().map(String::as_str));
+    assert_eq!(code(&kvctl(&db, &args)), 0);
+    let before = file_image(&db);
+    let json = |o: &Output| -> serde_json::Value {
+        assert_eq!(code(o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
+    // put: a change, then an addition.
+    let v = json(&kvctl(&db, &["--dry-run", "--json", "put", "a", "9"]));
+    assert_eq!(
+        (v["changed"].as_u64(), v["added"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let v = json(&kvctl(&db, &["--dry-run", "--json", "put", "new", "9"]));
+    assert_eq!(
+        (v["added"].as_u64(), v["keys_after"].as_u64()),
+        (Some(1), Some(53))
+    );
+    // del: one there, one not.
+    let v = json(&kvctl(&db, &["--dry-run", "--json", "del", "b", "nope"]));
+    assert_eq!(
+        (v["deleted"].as_u64(), v["absent"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // load: added, changed, unchanged.
+    let dump = dir.path().join("in.jsonl");
+    std::fs::write(
+        &dump,
+        "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":\"two\"}\n{\"key\":\"c\",\"value\":\"3\"}\n",
+    )
+    .unwrap();
+    let v = json(&kvctl(
+        &db,
+        &["--dry-run", "--json", "load", dump.to_str().unwrap()],
+    ));
+    assert_eq!(
+        (
+            v["added"].as_u64(),
+            v["changed"].as_u64(),
+            v["unchanged"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{v}"
+    );
+    // compact: the file would shrink.
+    let v = json(&kvctl(&db, &["--dry-run", "--json", "compact"]));
+    let (b, a) = (
+        v["bytes_before"].as_u64().unwrap(),
+        v["bytes_after"].as_u64().unwrap(),
+    );
+    assert!(
+        a < b,
+        "a dry compaction of a store with dead space: {b} -> {a}"
+    );
+    assert_eq!(v["dry_run"], true);
+    // Text output says it is a dry run.
+    let o = kvctl(&db, &["--dry-run", "put", "a", "9"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("dry run, nothing written"));
+
+    assert!(file_image(&db) == before, "a dry run wrote the store");
+    let got = kvctl(&db, &["get", "a"]);
+    assert_eq!(got.stdout, b"1");
+    // And where a dry run means nothing, it is refused.
+    assert_eq!(code(&kvctl(&db, &["--dry-run", "get", "a"])), 2);
+}
+
+#[test]
+fn shm_works_wherever_db_does() {
+    let name = format!("mapkv-kvctl-{}", std::process::id());
+    let shm = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .args(["--shm", &name])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    struct Unlink(String);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = mapkv::Store::unlink_shm(&self.0);
+        }
+    }
+    let _cleanup = Unlink(name.clone());
+    assert_eq!(code(&shm(&["get", "k"])), 5, "no store yet");
+    assert_eq!(code(&shm(&["put", "k", "v"])), 0);
+    assert_eq!(shm(&["get", "k"]).stdout, b"v");
+    let stats = shm(&["--json", "stats"]);
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["keys"], 1);
+    assert_eq!(code(&shm(&["verify"])), 0);
+    // A dry run on a shared-memory store leaves it as it was.
+    assert_eq!(code(&shm(&["--dry-run", "del", "k"])), 0);
+    assert_eq!(shm(&["get", "k"]).stdout, b"v");
+    // The library sees the same store.
+    let store = mapkv::Store::open_shm(&name).unwrap();
+    assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    // --db and --shm together make no sense.
+    let both = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--shm", &name, "--db", "/tmp/x.kv", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&both), 2);
+}

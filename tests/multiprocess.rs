@@ -8,130 +8,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use common::procs::{hear, say, spawn_as_nobody, Proc};
 
 use mapkv::{Error, Options, Store};
 use rand::{Rng, SeedableRng};
-
-/// A child process; killed and reaped when dropped, so a failing test
-/// leaves nothing behind.
-struct Proc {
-    child: Child,
-    /// Lines of its standard output, read by a thread of their own so
-    /// that a child that hangs fails the test instead of hanging it.
-    lines: Receiver<String>,
-    stdin: Option<ChildStdin>,
-}
-
-/// How long a child may stay silent before the test gives up on it.
-const SILENCE: Duration = Duration::from_secs(60);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A command running this test binary (or `exe`) as a child in `role`.
-fn child_command(exe: &Path, role: &str, db: &Path, extra: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.args(["--ignored", "--exact", "child", "--nocapture"])
-        .arg("--test-threads=1")
-        .env("MAPKV_ROLE", role)
-        .env("MAPKV_DB", db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-impl Proc {
-    fn spawn(role: &str, db: &Path, extra: &[(&str, String)]) -> Proc {
-        let exe = std::env::current_exe().unwrap();
-        Proc::start(child_command(&exe, role, db, extra)).expect("spawn child")
-    }
-
-    fn start(mut cmd: Command) -> std::io::Result<Proc> {
-        let mut child = cmd.spawn()?;
-        let out: ChildStdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Ok(Proc {
-            child,
-            lines,
-            stdin,
-        })
-    }
-
-    /// The next line the child says that starts with `tag`, split in words
-    /// after the tag (other lines, such as the test harness's, are skipped).
-    fn expect(&mut self, tag: &str) -> Vec<String> {
-        loop {
-            let line = match self.lines.recv_timeout(SILENCE) {
-                Ok(line) => line,
-                Err(RecvTimeoutError::Timeout) => panic!("child silent for {SILENCE:?} (hung?)"),
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("child exited before saying {tag:?}")
-                }
-            };
-            // The harness prints "test child ... " with no newline before
-            // the child's first line: look for the marker anywhere.
-            let Some(at) = line.find(MARK) else { continue };
-            let said = &line[at + MARK.len()..];
-            assert!(
-                !said.starts_with("FAIL"),
-                "child failed: {}",
-                said.trim_end()
-            );
-            if let Some(rest) = said.trim_end().strip_prefix(tag) {
-                return rest.split_whitespace().map(str::to_string).collect();
-            }
-        }
-    }
-
-    fn tell(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "child failed: {status}");
-    }
-}
-
-/// Starts every line a child says to its parent.
-const MARK: &str = "@@ ";
-
-/// Says a line to the parent.
-fn say(line: impl std::fmt::Display) {
-    println!("\n{MARK}{line}");
-    std::io::stdout().flush().unwrap();
-}
-
-/// Waits for a line from the parent.
-fn hear() -> String {
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).unwrap();
-    line.trim().to_string()
-}
 
 fn env_u64(name: &str) -> u64 {
     std::env::var(name).unwrap().parse().unwrap()
@@ -843,9 +725,7 @@ fn private_views_beside_a_writer_in_another_process_keep_their_snapshot() {
 #[test]
 fn a_process_that_may_not_write_the_file_reads_follows_and_waits() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let db = dir.path().join("ro.kv");
     {
         let store = Store::open(&db).unwrap();
@@ -853,30 +733,8 @@ fn a_process_that_may_not_write_the_file_reads_follows_and_waits() {
         store.close().unwrap(); // clean: readable with no writer around
     }
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut exe = std::env::current_exe().unwrap();
-    if root {
-        // `nobody` must be able to run the binary wherever the build
-        // directory is: run a copy from the (0755) temporary directory.
-        let copy = dir.path().join("child-exe");
-        std::fs::copy(&exe, &copy).unwrap();
-        exe = copy;
-    }
-    let mut cmd = child_command(&exe, "read-only", &db, &[]);
-    if root {
-        cmd.uid(65534).gid(65534);
-    }
-    let mut reader = match Proc::start(cmd) {
-        Ok(p) => p,
-        Err(e) if root && std::env::var_os("CI").is_none() => {
-            // Root without CAP_SETUID (some containers) cannot become
-            // another user, and root itself may write any file. CI runs
-            // as root with it: there this is a failure, not a skip.
-            eprintln!("NOT RUN: cannot run a child as nobody here ({e})");
-            return;
-        }
-        Err(e) => panic!("spawn child: {e}"),
+    let Some(mut reader) = spawn_as_nobody(dir.path(), "read-only", &db, &[]) else {
+        return;
     };
     let opened = reader.expect("opened");
     assert_eq!(opened, vec!["v1".to_string(), "unregistered".to_string()]);
@@ -899,9 +757,7 @@ fn a_process_that_may_not_write_the_file_reads_follows_and_waits() {
 #[test]
 fn a_process_that_may_only_read_the_file_commits_in_a_private_view() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let db = dir.path().join("ro.kv");
     {
         let store = Store::open(&db).unwrap();
@@ -911,25 +767,8 @@ fn a_process_that_may_only_read_the_file_commits_in_a_private_view() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
     let before = std::fs::read(&db).unwrap();
     let modified = std::fs::metadata(&db).unwrap().modified().unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut exe = std::env::current_exe().unwrap();
-    if root {
-        let copy = dir.path().join("child-exe");
-        std::fs::copy(&exe, &copy).unwrap();
-        exe = copy;
-    }
-    let mut cmd = child_command(&exe, "private-view", &db, &[]);
-    if root {
-        cmd.uid(65534).gid(65534);
-    }
-    let mut child = match Proc::start(cmd) {
-        Ok(p) => p,
-        Err(e) if root && std::env::var_os("CI").is_none() => {
-            eprintln!("NOT RUN: cannot run a child as nobody here ({e})");
-            return;
-        }
-        Err(e) => panic!("spawn child: {e}"),
+    let Some(mut child) = spawn_as_nobody(dir.path(), "private-view", &db, &[]) else {
+        return;
     };
     let said = child.expect("viewed");
     assert_eq!(said, vec!["v1", "v2", "100"]);

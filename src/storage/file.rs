@@ -307,11 +307,11 @@ impl Backend for FileBackend {
     }
 
     fn flush(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {
-        self.faults.msync()?;
         if self.memory {
             // Memory is as durable as a shared-memory store gets.
             return Ok(());
         }
+        self.faults.msync()?;
         map.msync(off, len)
     }
 

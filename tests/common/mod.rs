@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use mapkv::check::Op;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

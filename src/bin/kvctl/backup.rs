@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::{open_for_reading, Ctx, Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// Write the newest snapshot to a new store file DEST (which must not
 /// exist): one version of every key, written under a temporary name and
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Outcome {
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let bar = crate::progress(store.stats()?.keys, "backup");
     let r = store.backup_to_with_progress(&a.dest, |done, _| bar.set_position(done));
     bar.finish_and_clear();

@@ -2,12 +2,14 @@
 
 use serde_json::json;
 
-use crate::{open_existing, Ctx, Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// Copy live records out of log extents with dead space, reuse those
 /// extents once no snapshot reads them, and — when no other process has the
 /// store open — cut free space off the end of the file. Readers and other
-/// writers go on meanwhile (compaction commits in steps of 4 MiB).
+/// writers go on meanwhile (compaction commits in steps of 4 MiB). With
+/// --dry-run it compacts a private view and reports the file size before
+/// and after; the file is not written.
 ///
 /// Examples:
 ///   kvctl --db data.kv compact
@@ -17,7 +19,7 @@ use crate::{open_existing, Ctx, Outcome, EXIT_OK};
 pub struct Args {}
 
 pub fn run(ctx: &Ctx, _: Args) -> Outcome {
-    let store = open_existing(&ctx.db)?;
+    let store = ctx.open_existing()?;
     let before = store.stats()?;
     let bar = crate::progress(before.dead_bytes.max(before.live_bytes), "compact");
     let r = store.compact_with_progress(|moved| bar.set_position(moved));
@@ -33,9 +35,13 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
             "bytes_freed": r.bytes_freed,
             "seconds": r.duration.as_secs_f64(),
             "unfinished": r.unfinished,
+            "dry_run": ctx.dry_run,
         });
         println!("{v}");
     } else {
+        if ctx.dry_run {
+            print!("dry run, nothing written: ");
+        }
         println!(
             "file {} -> {} bytes; copied {} records ({} bytes), retired {} bytes of log, freed {} ({:.2?})",
             r.bytes_before,

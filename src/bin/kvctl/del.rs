@@ -1,8 +1,9 @@
 //! `kvctl del`: remove keys.
 
-use crate::{begin_write, open_existing, Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
+use crate::{begin_write, Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Remove KEYs in one transaction; prints how many existed, exit 1 if none.
+/// With --dry-run nothing is written: kvctl says what would be deleted.
 ///
 /// Example: kvctl --db data.kv del greeting farewell
 #[derive(clap::Args)]
@@ -18,13 +19,25 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
         .iter()
         .map(|k| ctx.key(k))
         .collect::<Result<Vec<_>, _>>()?;
-    let store = open_existing(&ctx.db)?;
+    let store = ctx.open_existing()?;
+    let before = ctx.dry_run.then(|| store.stats()).transpose()?;
     let mut tx = begin_write(&store, ctx.wait)?;
     let mut existed = 0;
+    let mut tally = crate::dryrun::Tally::default();
     for k in &keys {
-        existed += tx.delete(k)? as usize;
+        let found = tx.delete(k)?;
+        tally.delete(found);
+        existed += found as usize;
     }
     tx.commit()?;
+    if let Some(before) = before {
+        tally.report(ctx, &before, &store.stats()?);
+        return Ok(if existed == 0 {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_OK
+        });
+    }
     store.close()?;
     if ctx.json {
         println!("{}", serde_json::json!({ "deleted": existed }));

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::codec::put_bytes;
 use crate::mdb::{self, Form};
-use crate::{io_fail, open_for_reading, Ctx, Outcome, EXIT_OK};
+use crate::{io_fail, Ctx, Outcome, EXIT_OK};
 
 /// Write every key and value of one snapshot, in key order.
 ///
@@ -44,7 +44,7 @@ pub enum Format {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Outcome {
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let snap = store.begin_read()?;
     let entries = crate::list::sorted_entries(&snap, &[])?;
     let (mut w, name): (Box<dyn Write>, String) = match &a.out {

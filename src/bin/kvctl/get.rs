@@ -5,7 +5,7 @@ use std::io::Write;
 use serde_json::{Map, Value};
 
 use crate::codec::{put_bytes, Encoding};
-use crate::{open_for_reading, Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Print the value of KEY to standard output; exit 1 if absent.
 ///
@@ -26,7 +26,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Outcome {
     let key = ctx.key(&a.key)?;
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let snap = store.begin_read()?;
     let Some(v) = snap.get(&key)? else {
         eprintln!("kvctl: key not found: {}", ctx.enc.text(&key));

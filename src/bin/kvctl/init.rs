@@ -9,6 +9,6 @@ use crate::{Ctx, Outcome, EXIT_OK};
 pub struct Args {}
 
 pub fn run(ctx: &Ctx, _: Args) -> Outcome {
-    mapkv::Options::new().create(true).open(&ctx.db)?.close()?;
+    ctx.open_for_writing(true)?.close()?;
     Ok(EXIT_OK)
 }

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::codec::put_bytes;
-use crate::{open_for_reading, Ctx, Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// List keys, one per line, in byte order.
 ///
@@ -73,7 +73,7 @@ fn list(ctx: &Ctx, f: &Filter, values: bool) -> Outcome {
         Some(p) => ctx.key(p)?,
         None => Vec::new(),
     };
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let snap = store.begin_read()?;
     let mut entries = sorted_entries(&snap, &prefix)?;
     entries.truncate(f.limit.unwrap_or(usize::MAX));

@@ -15,7 +15,9 @@ use crate::{begin_write, io_fail, mdb, Ctx, Fail, Outcome, EXIT_OK};
 /// mdb; the main database only, both the hex and the -p printable form).
 /// Commits every --batch entries, so a failure part-way leaves the
 /// batches before it committed; with --atomic everything is one
-/// transaction: all or nothing.
+/// transaction: all or nothing. With --dry-run nothing is written: the
+/// load runs in a private view and kvctl says how many keys it would add,
+/// change and leave as they are.
 ///
 /// Examples:
 ///   kvctl --db new.kv load backup.jsonl
@@ -46,12 +48,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
         (Box::new(f), a.input.display().to_string())
     };
     let input = BufReader::new(input);
-    let store = mapkv::Store::open(&ctx.db)?;
+    let store = ctx.open_for_writing(true)?;
+    let before = ctx.dry_run.then(|| store.stats()).transpose()?;
+    let mut tally = crate::dryrun::Tally::default();
     let mut tx = Some(begin_write(&store, ctx.wait)?);
     let (mut loaded, mut in_batch) = (0u64, 0u64);
     let bar = crate::progress(0, "load");
     let mut put = |k: Vec<u8>, v: Vec<u8>| -> Result<(), Fail> {
         let t = tx.as_mut().expect("a transaction is open");
+        if ctx.dry_run {
+            tally.put(t, &k, &v)?;
+        }
         t.put(&k, &v)?;
         loaded += 1;
         in_batch += 1;
@@ -88,6 +95,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
         t.commit()?;
     }
     drop(tx);
+    if let Some(before) = before {
+        tally.report(ctx, &before, &store.stats()?);
+        return Ok(EXIT_OK);
+    }
     store.close()?;
     eprintln!("kvctl: loaded {loaded} entries");
     Ok(EXIT_OK)

@@ -7,6 +7,7 @@ mod bench;
 mod codec;
 mod compact;
 mod del;
+mod dryrun;
 mod dump;
 mod get;
 mod init;
@@ -62,6 +63,20 @@ struct Cli {
     /// The store file.
     #[arg(long, env = "MAPKV_DB", global = true, value_name = "PATH")]
     db: Option<PathBuf>,
+    /// A store in POSIX shared memory (`/dev/shm/NAME`) instead of a file:
+    /// works wherever --db does.
+    #[arg(
+        long,
+        env = "MAPKV_SHM",
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "db"
+    )]
+    shm: Option<String>,
+    /// For put, del, load and compact: do the work in a private view of the
+    /// store and report what would change; the store is not written.
+    #[arg(long, global = true)]
+    dry_run: bool,
     /// Fail (exit 3) instead of waiting when another writer holds the store.
     #[arg(long, global = true)]
     no_wait: bool,
@@ -115,13 +130,58 @@ struct CompletionsArgs {
 
 /// What every subcommand gets: the store and the global flags.
 pub struct Ctx {
+    /// The store's file (for --shm, its file in /dev/shm).
     pub db: PathBuf,
+    /// --shm: the store's shared-memory name.
+    pub shm: Option<String>,
+    /// --dry-run: changes go to a private view.
+    pub dry_run: bool,
     pub wait: bool,
     pub enc: Encoding,
     pub json: bool,
 }
 
 impl Ctx {
+    /// Opens the store with `opts` (a file or a shared-memory object).
+    fn open_with(&self, opts: mapkv::Options) -> mapkv::Result<mapkv::Store> {
+        match &self.shm {
+            Some(name) => opts.open_shm(name),
+            None => opts.open(&self.db),
+        }
+    }
+
+    /// Opens the store to change it, creating it if `create` (`init`,
+    /// `put`, `load`); with --dry-run, a private view of it instead, which
+    /// needs the store to exist.
+    pub fn open_for_writing(&self, create: bool) -> mapkv::Result<mapkv::Store> {
+        if self.dry_run {
+            return self.open_with(mapkv::Options::new().private(true));
+        }
+        self.open_with(mapkv::Options::new().create(create))
+    }
+
+    /// Opens an existing store (only `init`, `put` and `load` create one).
+    pub fn open_existing(&self) -> mapkv::Result<mapkv::Store> {
+        self.open_for_writing(false)
+    }
+
+    /// Opens an existing store for reading: read-write if this process may
+    /// write the file (so that a store left by a crash is recovered), else
+    /// read-only.
+    pub fn open_for_reading(&self) -> mapkv::Result<mapkv::Store> {
+        match self.open_existing() {
+            Err(mapkv::Error::Io { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::EPERM)
+                ) =>
+            {
+                self.open_with(mapkv::Options::new().read_only(true))
+            }
+            r => r,
+        }
+    }
+
     /// Decodes a key given as an argument (and checks it is a valid key).
     pub fn key(&self, arg: &str) -> Result<Vec<u8>, Fail> {
         self.enc.decode("key", arg).map_err(Fail::Usage)
@@ -173,18 +233,32 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Commands that need no store.
-    let db = match (&cli.cmd, cli.db) {
+    let dry_runs = matches!(
+        cli.cmd,
+        Command::Put(_) | Command::Del(_) | Command::Load(_) | Command::Compact(_)
+    );
+    if cli.dry_run && !dry_runs {
+        eprintln!("kvctl: --dry-run applies to put, del, load and compact");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let shm_file = cli
+        .shm
+        .as_ref()
+        .map(|name| Path::new("/dev/shm").join(name.trim_start_matches('/')));
+    let db = match (&cli.cmd, cli.db.or(shm_file)) {
         #[cfg(feature = "testing")]
         (Command::Torture(_), db) => db.unwrap_or_default(),
         (Command::Bench(_), db) => db.unwrap_or_default(),
         (_, Some(db)) => db,
         (_, None) => {
-            eprintln!("kvctl: no store given: use --db PATH or set MAPKV_DB");
+            eprintln!("kvctl: no store given: use --db PATH or --shm NAME (or set MAPKV_DB)");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let ctx = Ctx {
         db,
+        shm: cli.shm,
+        dry_run: cli.dry_run,
         wait: !cli.no_wait,
         enc: if cli.hex {
             Encoding::Hex
@@ -253,34 +327,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens an existing store (only `init`, `put` and `load` create one).
-fn open_existing(db: &Path) -> mapkv::Result<mapkv::Store> {
-    mapkv::Options::new().create(false).open(db)
-}
-
 /// Begins a write transaction, waiting for the lock or not.
 fn begin_write(store: &mapkv::Store, wait: bool) -> mapkv::Result<mapkv::WriteTxn<'_>> {
     if wait {
         store.begin_write()
     } else {
         store.try_write()
-    }
-}
-
-/// Opens an existing store for reading: read-write if this process may
-/// write the file (so that a store left by a crash is recovered), else
-/// read-only.
-fn open_for_reading(db: &Path) -> mapkv::Result<mapkv::Store> {
-    match open_existing(db) {
-        Err(mapkv::Error::Io { source, .. })
-            if matches!(
-                source.raw_os_error(),
-                Some(libc::EACCES | libc::EROFS | libc::EPERM)
-            ) =>
-        {
-            mapkv::Options::new().read_only(true).open(db)
-        }
-        r => r,
     }
 }
 

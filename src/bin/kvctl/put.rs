@@ -12,6 +12,9 @@ use crate::{begin_write, io_fail, Ctx, Fail, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 /// standard error). With --hex or --base64 KEY and VALUE are in that encoding
 /// (a value read from a file or standard input is always raw bytes).
 ///
+/// With --dry-run nothing is written: kvctl says whether the key would be
+/// added or changed.
+///
 /// Examples:
 ///   kvctl --db data.kv put greeting hello
 ///   kvctl --db data.kv put photo --file cat.jpg
@@ -51,12 +54,21 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
         (None, None) => unreachable!("clap requires a value or --file"),
     };
     let _ = a.create;
-    let store = mapkv::Store::open(&ctx.db)?;
+    let store = ctx.open_for_writing(true)?;
     let mut tx = begin_write(&store, ctx.wait)?;
     if a.if_absent && tx.get(&key)?.is_some() {
         drop(tx);
         eprintln!("kvctl: key exists, left as it is: {}", ctx.enc.text(&key));
         return Ok(EXIT_NOT_FOUND);
+    }
+    if ctx.dry_run {
+        let before = store.stats()?;
+        let mut tally = crate::dryrun::Tally::default();
+        tally.put(&tx, &key, &value)?;
+        tx.put(&key, &value)?;
+        tx.commit()?;
+        tally.report(ctx, &before, &store.stats()?);
+        return Ok(EXIT_OK);
     }
     tx.put(&key, &value)?;
     tx.commit()?;

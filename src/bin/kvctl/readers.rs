@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::{open_for_reading, Ctx, Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// List the snapshots open in every process (owner pid, the commit it
 /// shows, its age), from the store's reader table. Entries of processes
@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Outcome {
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let cleared = if a.clear_stale {
         Some(store.clear_stale_readers()?)
     } else {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::{open_for_reading, Ctx, Outcome, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_OK};
 
 /// Print the store's counters: keys, bytes, space amplification, index
 /// load, segments, the last compaction, open snapshots.
@@ -15,7 +15,7 @@ use crate::{open_for_reading, Ctx, Outcome, EXIT_OK};
 pub struct Args {}
 
 pub fn run(ctx: &Ctx, _: Args) -> Outcome {
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let s = store.stats()?;
     if ctx.json {
         let v = json!({

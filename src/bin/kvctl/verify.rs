@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::{open_for_reading, Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
+use crate::{Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 
 /// Check every record, commit and index slot; list each problem with its
 /// offset. Exit 0 if sound, 1 if problems were found.
@@ -15,7 +15,7 @@ use crate::{open_for_reading, Ctx, Outcome, EXIT_NOT_FOUND, EXIT_OK};
 pub struct Args {}
 
 pub fn run(ctx: &Ctx, _: Args) -> Outcome {
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     // The check reports no progress of its own: a spinner while it runs.
     let bar = crate::progress(0, "verify");
     bar.enable_steady_tick(std::time::Duration::from_millis(100));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::codec::put_bytes;
-use crate::{open_for_reading, Ctx, Fail, Out, Outcome, EXIT_OK};
+use crate::{Ctx, Fail, Out, Outcome, EXIT_OK};
 
 /// Print each change as it is committed (by this or any other process),
 /// one line per key a commit put or deleted:
@@ -51,7 +51,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .map_err(|e| Fail::Other(format!("cannot handle Ctrl-C: {e}")))?;
-    let store = open_for_reading(&ctx.db)?;
+    let store = ctx.open_for_reading()?;
     let mut seen = match a.from {
         Some(s) => s,
         None => store.begin_read()?.seq(),
