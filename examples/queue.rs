@@ -338,13 +338,12 @@ mod bench {
 
     /// The child's report: latencies in ns (sorted), then the seconds the
     /// throughput phase took from its first message to its last.
-    fn report(child: &mut Child) -> Result<(Vec<u64>, f64), Box<dyn std::error::Error>> {
+    fn report(
+        child: &mut Child,
+        mut from: impl Read,
+    ) -> Result<(Vec<u64>, f64), Box<dyn std::error::Error>> {
         let mut text = String::new();
-        child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut text)?;
+        from.read_to_string(&mut text)?;
         let status = child.wait()?;
         if !status.success() {
             return Err(format!("bench child failed: {status}").into());
@@ -400,29 +399,28 @@ mod bench {
         for _ in 0..THROUGHPUT_MSGS / BATCH as u64 {
             producer.send(&refs)?;
         }
-        let (lat, secs) = report(&mut child)?;
+        let out = child.stdout.take().expect("piped");
+        let (lat, secs) = report(&mut child, out)?;
         drop(producer);
         drop(store);
         Store::unlink_shm(&name)?;
         Ok(row("mapkv (shm)", &lat, secs))
     }
 
-    /// The same exchange over a byte stream: a pipe (the child's stdin,
-    /// acknowledgements on a second pipe) or a Unix socket.
+    /// The same exchange over a byte stream: a pipe (the child's stdin;
+    /// acknowledgements, then the report, on its stdout) or a Unix socket.
     fn stream(kind: &'static str) -> Result<Row, Box<dyn std::error::Error>> {
         let dir = std::env::temp_dir().join(format!("mapkv-queue-sock-{}", std::process::id()));
         let _ = std::fs::remove_file(&dir);
         let mut cmd = Command::new(this_exe());
         cmd.stdout(Stdio::piped());
         let (mut tx, mut ack, mut child): (Box<dyn Write>, Box<dyn Read>, Child);
+        let mut out = None;
         if kind == "pipe" {
-            let (ack_r, ack_w) = std::io::pipe()?;
-            cmd.args(["bench-child", "pipe"])
-                .stdin(Stdio::piped())
-                .stderr(ack_w);
+            cmd.args(["bench-child", "pipe"]).stdin(Stdio::piped());
             child = cmd.spawn()?;
             tx = Box::new(child.stdin.take().expect("piped"));
-            ack = Box::new(ack_r);
+            ack = Box::new(child.stdout.take().expect("piped"));
         } else {
             let listener = UnixListener::bind(&dir)?;
             cmd.args(["bench-child", "socket", dir.to_str().ok_or("path")?]);
@@ -430,6 +428,7 @@ mod bench {
             let (s, _) = listener.accept()?;
             tx = Box::new(s.try_clone()?);
             ack = Box::new(s);
+            out = child.stdout.take();
         }
         let mut one = [0u8; 1];
         for _ in 0..LATENCY_MSGS {
@@ -446,7 +445,10 @@ mod bench {
         }
         tx.flush()?;
         drop(tx);
-        let (lat, secs) = report(&mut child)?;
+        let (lat, secs) = match out {
+            Some(out) => report(&mut child, out)?,
+            None => report(&mut child, ack)?, // the pipe: the rest of stdout
+        };
         let _ = std::fs::remove_file(&dir);
         Ok(row(kind, &lat, secs))
     }
@@ -482,6 +484,7 @@ mod bench {
                 c.ack(batch.iter().map(|(id, _)| *id))?;
             }
             let (mut got, mut first) = (0u64, None);
+
             while got < THROUGHPUT_MSGS {
                 let batch = c.next_batch(Duration::from_secs(1))?;
                 if !batch.is_empty() {
@@ -503,6 +506,7 @@ mod bench {
                 }
                 first.get_or_insert_with(Instant::now);
                 got += batch.len() as u64;
+
                 c.ack(batch.iter().map(|(id, _)| *id))?;
             }
             start = first.ok_or("no batch")?;
@@ -511,7 +515,7 @@ mod bench {
             let (mut rx, mut ack): (Box<dyn Read>, Box<dyn Write>) = if args[0] == "pipe" {
                 (
                     Box::new(std::io::stdin().lock()),
-                    Box::new(std::io::stderr()),
+                    Box::new(std::io::stdout()),
                 )
             } else {
                 let s = UnixStream::connect(&args[1])?;

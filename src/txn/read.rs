@@ -302,7 +302,7 @@ impl<'s> ReadTxn<'s> {
         Iter {
             txn: self,
             slot: 0,
-            old: false,
+            old: self.st.old_table().is_some(),
         }
     }
 
@@ -326,17 +326,29 @@ impl<'s> ReadTxn<'s> {
                 "record lies past the mapping and remapping failed",
             )
         })?;
-        if old {
+        // During an index move the old table is walked first, whole: a
+        // commit writes only the new table, and migration copies slots
+        // into it without emptying the old, so the old table's keys stay
+        // put while this walk runs. The new table's do not (a slot the
+        // walk has passed can be filled by migration behind it), so its
+        // walk skips the keys the old one has, which were listed already.
+        let head = if old {
+            // Newest version first: a commit updates the new table only.
+            self.shared
+                .head(map, &recs, &self.st, &key)?
+                .unwrap_or(head)
+        } else if let Some(old_table) = self.st.old_table() {
             let hash = hash_key(self.shared.seed, &key);
-            if let crate::index::Probe::Found { .. } = self
-                .st
-                .table()
+            if let crate::index::Probe::Found { .. } = old_table
                 .probe(map, &recs, hash, &key)
                 .map_err(|b| self.shared.bad_slot(b))?
             {
                 return Ok(None);
             }
-        }
+            head
+        } else {
+            head
+        };
         Ok(self
             .shared
             .resolve(&recs, map, head, self.st.seq, &key)?
@@ -364,8 +376,8 @@ fn layout<T>(v: &[u8]) -> Error {
 pub struct Iter<'t> {
     txn: &'t ReadTxn<'t>,
     slot: u64,
-    /// Walking the old table of an index that is moving (keys not yet in
-    /// the new one).
+    /// Walking the old table of an index that is moving (first, then the
+    /// new one; see `ReadTxn::entry`).
     old: bool,
 }
 
@@ -406,10 +418,10 @@ impl<'t> Iter<'t> {
                     Err(e) => return Some(Err(e)),
                 }
             }
-            if self.old {
+            if !self.old {
                 return None;
             }
-            self.old = true;
+            self.old = false;
             self.slot = 0;
         }
     }
