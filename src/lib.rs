@@ -76,6 +76,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Shared memory and private views
+//!
+//! [`Options::open_shm`] puts a store in POSIX shared memory
+//! (`/dev/shm/<name>`, mode 0600 unless [`Options::mode`] says otherwise)
+//! for processes on one machine that want a transactional map between
+//! them without a disk. It is the same store — one writer, snapshots,
+//! waits and change feeds across processes — with one difference: its
+//! durability is that of memory ([`Durability::Memory`]). Commits survive
+//! the processes that made them, not a reboot, and do no flush, whatever a
+//! transaction asks for. [`Store::unlink_shm`] removes it. A full
+//! `/dev/shm` is an `ENOSPC` error, not a `SIGBUS`. `examples/queue.rs`
+//! is a work queue built on it.
+//!
+//! [`Options::private`] opens a file store as a private, copy-on-write
+//! view: `MAP_PRIVATE`, no writer lock, transactions that commit into this
+//! process's memory and never reach the file (its bytes, size and mtime
+//! stay as they were). It shows the store as of its opening plus its own
+//! commits: dry runs, what-ifs, a damaged store worked on without risk.
+//!
 //! ## Caveats
 //!
 //! - **History is reclaimed with space**: [`ReadTxn::changes_since`] lists

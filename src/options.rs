@@ -226,6 +226,9 @@ impl Options {
     /// holds the `Pin` lock) and no handle shrinks the file. Its
     /// durability is [`Durability::Memory`] of the process.
     ///
+    /// A view always takes write transactions ([`read_only`](Self::read_only)
+    /// is ignored: they cannot reach the file anyway).
+    ///
     /// Cost: the pages the view changes are copied into its memory, and
     /// opening copies the fixed pages and the index tables (about 8 bytes
     /// per key slot).
