@@ -70,6 +70,17 @@ fn balance_of(v: &[u8]) -> u64 {
     u64::from_le_bytes(v[..8].try_into().unwrap())
 }
 
+/// A new store at `db` with every account at the starting balance;
+/// returns the seq of that commit.
+fn new_bank(db: &std::path::Path) -> u64 {
+    let store = Store::open(db).unwrap();
+    let mut tx = store.begin_write().unwrap();
+    for i in 0..ACCOUNTS {
+        tx.put(account(i), balance_value(START_BALANCE, 0)).unwrap();
+    }
+    tx.commit().unwrap()
+}
+
 /// The writer: `commits` transactions, each moving money between random
 /// accounts. Reports how many times it saw the file grow.
 fn bank_writer(store: &Store, commits: u64) {
@@ -142,14 +153,7 @@ fn bank_reader(store: &Store, final_seq: u64) {
 fn bank_invariant_holds_in_every_snapshot_of_three_reader_processes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bank.kv");
-    let start_seq = {
-        let store = Store::open(&db).unwrap();
-        let mut tx = store.begin_write().unwrap();
-        for i in 0..ACCOUNTS {
-            tx.put(account(i), balance_value(START_BALANCE, 0)).unwrap();
-        }
-        tx.commit().unwrap()
-    };
+    let start_seq = new_bank(&db);
     const COMMITS: u64 = 3_000;
     let final_seq = start_seq + COMMITS;
     let mut readers: Vec<Proc> = (0..3)
@@ -650,14 +654,7 @@ fn bank_total(snap: &mapkv::ReadTxn<'_>) -> (u64, u64) {
 fn private_views_beside_a_writer_in_another_process_keep_their_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("viewed.kv");
-    let start_seq = {
-        let store = Store::open(&db).unwrap();
-        let mut tx = store.begin_write().unwrap();
-        for i in 0..ACCOUNTS {
-            tx.put(account(i), balance_value(START_BALANCE, 0)).unwrap();
-        }
-        tx.commit().unwrap()
-    };
+    let start_seq = new_bank(&db);
     const COMMITS: u64 = 2_000;
     let mut writer = Proc::spawn(
         "bank-writer",
