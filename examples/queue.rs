@@ -312,11 +312,6 @@ mod bench {
     }
 
     pub fn run() -> Result<(), Box<dyn std::error::Error>> {
-        if std::env::var_os("QUEUE_BENCH_SHM_ONLY").is_some() {
-            let r = shm()?;
-            println!("{} {:.1} {:.1} {:.0}", r.name, r.p50, r.p99, r.rate);
-            return Ok(());
-        }
         let rows = [shm()?, stream("pipe")?, stream("unix socket")?];
         println!("transport       latency p50   p99       messages/s (batches of {BATCH})");
         for r in &rows {
