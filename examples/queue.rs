@@ -250,7 +250,9 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
             // or anywhere else.
             first.kill()?;
             first.wait()?;
-            while let Ok(id) = got_first.try_recv() {
+            // Everything it said before it died (the reading thread ends
+            // at the end of its output).
+            for id in got_first.iter() {
                 delivered[id as usize] += 1;
                 killed_after += 1;
             }
@@ -258,7 +260,7 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (mut second, got_second) = start_consumer(&name)?;
     let status = second.wait()?;
-    for id in got_second.try_iter().filter(|&id| id != u64::MAX) {
+    for id in got_second.iter().filter(|&id| id != u64::MAX) {
         delivered[id as usize] += 1;
     }
     if !status.success() {
