@@ -329,11 +329,15 @@ impl Backend for FileBackend {
     }
 
     fn new_hash_seed(&self) -> u64 {
-        // A per-store random seed: no input can be crafted offline to make
-        // every key collide in every store.
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id() as u64);
-        h.finish()
+        random_hash_seed()
     }
+}
+
+/// A per-store random seed: no input can be crafted offline to make every
+/// key collide in every store.
+pub(super) fn random_hash_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
 }

@@ -333,9 +333,6 @@ impl Backend for PrivateBackend {
     }
 
     fn new_hash_seed(&self) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id() as u64);
-        h.finish()
+        super::file::random_hash_seed()
     }
 }
