@@ -361,9 +361,9 @@ impl Options {
         let mode = self.mode.unwrap_or(0o600);
         let opened = match crate::sys::shm_open(&name, write, create, mode) {
             Err(e) if self.read_only && may_not_write(&e) => {
-                crate::sys::shm_open(&name, false, false, mode).map(|(f, _)| (f, false))
+                crate::sys::shm_open(&name, false, false, mode).map(|f| (f, false))
             }
-            r => r.map(|(f, _)| (f, true)),
+            r => r.map(|f| (f, true)),
         };
         let (file, fd_writable) = opened.map_err(|source| Error::Io {
             path: path.clone(),

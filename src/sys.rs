@@ -248,14 +248,8 @@ pub(crate) unsafe fn futex_wake(addr: *const u32) {
 /// Opens the POSIX shared-memory object `name` (which starts with `/` and
 /// has no other `/`): `shm_open`, which on Linux opens `/dev/shm/<name>`.
 /// With `create`, an object that does not exist yet is made with exactly
-/// `mode` (set again after creation: `shm_open` applies the umask); the
-/// second value says whether this call made it.
-pub(crate) fn shm_open(
-    name: &str,
-    write: bool,
-    create: bool,
-    mode: u32,
-) -> io::Result<(File, bool)> {
+/// `mode` (set again after creation: `shm_open` applies the umask).
+pub(crate) fn shm_open(name: &str, write: bool, create: bool, mode: u32) -> io::Result<File> {
     use std::os::fd::FromRawFd;
     let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
     let access = if write { libc::O_RDWR } else { libc::O_RDONLY };
@@ -286,13 +280,13 @@ pub(crate) fn shm_open(
             Ok(file) => {
                 use std::os::unix::fs::PermissionsExt;
                 file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                return Ok((file, true));
+                return Ok(file);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((open(access)?, false))
+    open(access)
 }
 
 /// Removes the shared-memory object `name` (`shm_unlink`); processes that
