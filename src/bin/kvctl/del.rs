@@ -30,13 +30,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
         existed += found as usize;
     }
     tx.commit()?;
+    let code = if existed == 0 {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_OK
+    };
     if let Some(before) = before {
         tally.report(ctx, &before, &store.stats()?);
-        return Ok(if existed == 0 {
-            EXIT_NOT_FOUND
-        } else {
-            EXIT_OK
-        });
+        return Ok(code);
     }
     store.close()?;
     if ctx.json {
@@ -44,9 +45,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Outcome {
     } else {
         println!("{existed}");
     }
-    Ok(if existed == 0 {
-        EXIT_NOT_FOUND
-    } else {
-        EXIT_OK
-    })
+    Ok(code)
 }
