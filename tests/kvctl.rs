@@ -1,5 +1,7 @@
 //! kvctl as a user runs it: the real binary, its output and exit codes.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -652,7 +654,8 @@ fn dry_runs_report_what_would_change_and_write_nothing() {
 
 #[test]
 fn shm_works_wherever_db_does() {
-    let name = format!("mapkv-kvctl-{}", std::process::id());
+    let shm_name = common::shm::ShmName::new("kvctl");
+    let name = shm_name.0.clone();
     let shm = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_kvctl"))
             .args(["--shm", &name])
@@ -660,13 +663,6 @@ fn shm_works_wherever_db_does() {
             .output()
             .unwrap()
     };
-    struct Unlink(String);
-    impl Drop for Unlink {
-        fn drop(&mut self) {
-            let _ = mapkv::Store::unlink_shm(&self.0);
-        }
-    }
-    let _cleanup = Unlink(name.clone());
     assert_eq!(code(&shm(&["get", "k"])), 5, "no store yet");
     assert_eq!(code(&shm(&["put", "k", "v"])), 0);
     assert_eq!(shm(&["get", "k"]).stdout, b"v");

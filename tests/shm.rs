@@ -5,33 +5,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::procs::{child_command, is_root, say, spawn_as_nobody, Proc};
+use common::shm::ShmName;
 use mapkv::{Durability, Error, Options, Store};
-
-/// A shared-memory name unique to this process and test, removed when
-/// dropped so a failing test leaves nothing in `/dev/shm`.
-struct ShmName(String);
-
-impl ShmName {
-    fn new(test: &str) -> ShmName {
-        let name = format!("mapkv-test-{}-{test}", std::process::id());
-        let _ = Store::unlink_shm(&name);
-        ShmName(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/dev/shm").join(&self.0)
-    }
-}
-
-impl Drop for ShmName {
-    fn drop(&mut self) {
-        let _ = Store::unlink_shm(&self.0);
-    }
-}
 
 fn spawn(role: &str, name: &ShmName) -> Proc {
     let exe = std::env::current_exe().unwrap();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod shm;
 
 use mapkv::check::Op;
 use rand::{Rng, SeedableRng};
