@@ -231,9 +231,11 @@ fn child() {
             drop(snap);
             say(format!("ready {}", String::from_utf8(hello).unwrap()));
             loop {
-                let seq = store
+                store
                     .wait_for_commit(seen, Some(Duration::from_secs(30)))
                     .unwrap();
+                // The snapshot may be newer than what the wait returned:
+                // list up to it, and carry on from it.
                 let snap = store.begin_read().unwrap();
                 let mut stop = false;
                 for change in snap.changes_since(seen).unwrap() {
@@ -242,7 +244,7 @@ fn child() {
                     say(format!("got {seq} {key}"));
                     stop |= key == "stop";
                 }
-                seen = seq;
+                seen = snap.seq();
                 if stop {
                     break;
                 }
