@@ -25,6 +25,8 @@ const OFF_WAITERS: u64 = LIVE_OFFSET + 24;
 /// Bumped by every `init`: a handle that opened with no live header learns
 /// from a change here that a writer has since set one up.
 const OFF_INCARNATION: u64 = LIVE_OFFSET + 32;
+/// +1 each time a handle takes the writer lock (`writer_turn`).
+const OFF_WRITER_TURNS: u64 = LIVE_OFFSET + 40;
 const SLOT_BASE: u64 = LIVE_OFFSET + 64;
 const SLOT_WORDS: u64 = 32;
 const STATE_WORDS: usize = 28;
@@ -170,6 +172,14 @@ pub(crate) fn init(map: &Mapping, state: &State) {
 /// fresh one (after recovery).
 pub(crate) fn incarnation(map: &Mapping) -> u64 {
     map.counter(OFF_INCARNATION).load(Ordering::SeqCst)
+}
+
+/// Counts a turn of the writer lock, which the caller holds, and returns
+/// how many turns came before it. A writer whose turn is not the one right
+/// after its own last turn knows another handle (in any process, perhaps
+/// dead now) wrote in between, perhaps past the published state.
+pub(crate) fn writer_turn(map: &Mapping) -> u64 {
+    map.counter(OFF_WRITER_TURNS).fetch_add(1, Ordering::SeqCst)
 }
 
 /// Wakes everyone waiting for a commit (they re-check the state).

@@ -89,6 +89,10 @@ pub(crate) struct Writer {
     pub fuzzy: Option<Fuzzy>,
     /// What this process knows of the file past the allocated area.
     pub tail: Tail,
+    /// The turn of the writer lock (`live::writer_turn`) after this
+    /// handle's last one: `tail` holds only while nobody took a turn in
+    /// between. (`u64::MAX`: none yet.)
+    pub next_turn: u64,
     /// The meta page generation this handle wrote and flushed itself (0:
     /// none). The meta pages in the map may say more than the disk does:
     /// a handle whose flush of them failed (and the page cache that then
@@ -102,7 +106,9 @@ pub(crate) struct Writer {
 /// What the writer knows of the space at the end of the file, to prepare
 /// the next index table before its move starts (docs/DESIGN.md, "Index
 /// growth"). In memory only, and forgotten whenever another handle may
-/// have written: recovery and a new writer know nothing.
+/// have written — published or not, as a writer that aborts or dies
+/// leaves its bytes past the allocated area: recovery and a new writer
+/// know nothing.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tail {
     /// Every byte from here to the end of the file is zero: the file grew

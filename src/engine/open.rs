@@ -194,6 +194,7 @@ impl Shared {
                 space_dirty: false,
                 fuzzy: None,
                 tail: Tail::UNKNOWN,
+                next_turn: u64::MAX,
                 meta_flushed: 0,
             }),
             backend,

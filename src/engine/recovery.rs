@@ -13,10 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 impl Shared {
-    /// Every complete commit in the log after `st`'s tail.
-    fn scan_tail(&self, map: &Mapping, st: &State) -> Vec<ScannedCommit> {
+    /// Every complete commit in the log after `st`'s tail, in extents
+    /// that end by `file_len`.
+    fn scan_tail(&self, map: &Mapping, st: &State, file_len: u64) -> Vec<ScannedCommit> {
         let rules = ExtentRules {
-            file_len: st.file_len.min(map.len()),
+            file_len: file_len.min(map.len()),
             fence: st.fence(),
         };
         let mut out: Vec<ScannedCommit> = Vec::new();
@@ -62,7 +63,7 @@ impl Shared {
         let commits = if meta.is_clean() {
             Vec::new()
         } else {
-            let commits = self.scan_tail(&map, &st);
+            let commits = self.scan_tail(&map, &st, st.file_len);
             let recovered: HashSet<u64> = commits
                 .iter()
                 .flat_map(|c| c.records.iter().map(|r| r.off))
@@ -283,20 +284,37 @@ impl Shared {
 
     /// Commits found after the published tail: a writer (in any process)
     /// died after its commit record was written but before it published.
-    /// They are committed; make them durable and publish them.
+    /// They are committed; make them durable and publish them. `others`:
+    /// another handle took the writer lock since this one last had it.
     pub(crate) fn adopt_orphan_commits(
         &self,
         w: &mut Writer,
         map: &mut Arc<Mapping>,
         st: &mut State,
+        others: bool,
     ) -> Result<()> {
         if !self.backend.shared_log() {
             return Ok(());
         }
-        let commits = self.scan_tail(map, st);
+        // A dead writer may have grown the file for its commit's extents
+        // before it died: the published length is not the limit. (Looking
+        // only as far as that, the commit went unadopted while the index
+        // slots it had stored named its records: found by `kvctl
+        // torture`.) If nobody else wrote since this handle, it is.
+        let file_len = if others {
+            self.backend
+                .file_len()
+                .map_err(|e| self.io("read the file length", e))?
+                .max(st.file_len)
+        } else {
+            st.file_len
+        };
+        *map = self.map_covering(file_len)?;
+        let commits = self.scan_tail(map, st, file_len);
         if commits.is_empty() {
             return Ok(());
         }
+        st.file_len = file_len;
         let mut space = std::mem::take(&mut w.space);
         let r = self
             .settle(w, map, st, &mut space, &commits)

@@ -5,6 +5,7 @@ use super::meta::pick_meta;
 use super::Shared;
 use super::{Fuzzy, Tail, Writer};
 use crate::error::{Error, Result};
+use crate::live;
 use crate::space::Use;
 use crate::storage::{LockId, LockMode, Mapping};
 use std::sync::{Arc, MutexGuard};
@@ -64,6 +65,15 @@ impl Shared {
 
     fn refresh_writer(&self, w: &mut Writer, for_txn: bool) -> Result<Arc<Mapping>> {
         let (mut st, mut map) = self.snapshot()?;
+        // Another handle held the lock since our last turn: it may have
+        // written past the allocated area (a transaction it aborted, or
+        // died in) without publishing anything.
+        let turn = live::writer_turn(&map);
+        let others = turn != w.next_turn;
+        if others {
+            w.tail = Tail::UNKNOWN;
+        }
+        w.next_turn = turn.wrapping_add(1);
         if st != w.state {
             // Another handle committed since we last wrote: our list of
             // unflushed ranges is stale, and it may have left its own.
@@ -77,7 +87,7 @@ impl Shared {
         let meta = pick_meta(&self.path, &map)?;
         st.meta_gen = meta.generation.get();
         st.meta_clean = meta.is_clean() as u64;
-        self.adopt_orphan_commits(w, &mut map, &mut st)?;
+        self.adopt_orphan_commits(w, &mut map, &mut st, others)?;
         if for_txn {
             // Checkpoint here, before the transaction writes anything: the
             // meta page then never names space the transaction hands out.

@@ -5,6 +5,7 @@ use super::stage::Staged;
 use super::{check_key, check_value, WriteTxn};
 use crate::engine::Shared;
 use crate::error::{Error, Result};
+use crate::faults::PausePoint;
 use crate::format::*;
 use crate::index::Fenced;
 use crate::log::{self, Cursor};
@@ -376,6 +377,7 @@ impl<'s> WriteTxn<'s> {
             self.fresh_keys,
         );
         // 6. Publish: readers that begin from now on see the commit.
+        self.shared.faults.hot_point(PausePoint::BeforePublish);
         self.shared.publish(&mut self.w, &map, &mut st);
         self.finish();
         Ok(st.seq)
