@@ -7,7 +7,8 @@
 //! The child's transactions are a pure function of a seed, and blind (puts
 //! and deletes, no reads), so the parent can replay them on a model of the
 //! state the child started from. The child reports each commit's sequence
-//! number on standard output after `commit()` returns.
+//! number on standard output after `commit()` returns. Now and then it
+//! also writes a large value and aborts: nothing of that may ever show.
 //!
 //! [`child`] is the child's body; [`run`] the parent's, which starts a
 //! child per round through a caller-supplied function (a test binary
@@ -80,6 +81,16 @@ pub fn child(db: &Path, seed: u64) -> crate::Result<()> {
     let store = Store::open(db)?;
     let mut out = std::io::stdout().lock();
     for i in 0.. {
+        if i % ABORT_EVERY == ABORT_EVERY - 1 {
+            // A transaction that writes a large value (the file often
+            // grows for it) and aborts: it publishes nothing, but its
+            // bytes stay past the allocated area, where the next writer
+            // must not take them for zeros (nor, killed, for a commit).
+            let mut tx = store.begin_write()?;
+            let len = 100_000 + (Rng(seed ^ i).below(1_400_000) as usize);
+            tx.put(b"aborted", vec![0xa5; len])?;
+            tx.abort();
+        }
         let (writes, durability) = transaction(seed, i);
         let mut tx = store.begin_write()?;
         tx.set_durability(durability);
@@ -106,6 +117,9 @@ pub fn child(db: &Path, seed: u64) -> crate::Result<()> {
 
 /// The child runs `Store::compact` after every this many transactions.
 const COMPACT_EVERY: u64 = 16;
+
+/// ... and before every this many, a transaction it aborts.
+const ABORT_EVERY: u64 = 7;
 
 /// What [`run`] saw.
 #[derive(Clone, Debug, Default)]

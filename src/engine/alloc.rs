@@ -117,12 +117,19 @@ impl Shared {
         want: u64,
     ) -> Result<()> {
         let new_len = want.div_ceil(MIN_GROWTH) * MIN_GROWTH;
+        // The file may be longer than the state says: a writer that died
+        // or aborted (in any process) grew it and wrote there. Only what
+        // this growth adds is known to be zeros.
+        let was = self
+            .backend
+            .file_len()
+            .map_err(|e| self.io("read the file length", e))?;
         self.backend
             .grow(new_len)
             .map_err(|e| self.io(format!("grow the file to {new_len} bytes"), e))?;
-        tail.zeros_from = tail.zeros_from.min(st.file_len);
-        st.file_len = new_len;
-        *map = self.map_covering(new_len)?;
+        tail.zeros_from = tail.zeros_from.min(was.max(st.file_len));
+        st.file_len = new_len.max(was);
+        *map = self.map_covering(st.file_len)?;
         Ok(())
     }
 
