@@ -76,6 +76,14 @@ pub enum PausePoint {
     /// next writer must adopt. Not counted (`times_reached` stays 0): it
     /// is on every commit's path.
     BeforePublish,
+    /// In an open that found no live handle and will show the checkpoint
+    /// (a read-only handle on a clean store), before it reads the live
+    /// header's incarnation: a writer that sets the header up from here on
+    /// must still be joined.
+    OpeningOffline,
+    /// In the open of a writer that set up the live header, before it
+    /// takes the `Live` lock.
+    LiveHeaderSetUp,
 }
 
 #[derive(Debug, Default)]

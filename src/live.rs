@@ -22,8 +22,9 @@ const OFF_NOTIFY: u64 = LIVE_OFFSET + 16;
 /// How many waiters may be asleep on `OFF_NOTIFY`: a publish makes the
 /// wake system call only when this is not zero.
 const OFF_WAITERS: u64 = LIVE_OFFSET + 24;
-/// Bumped by every `init`: a handle that opened with no live header learns
-/// from a change here that a writer has since set one up.
+/// Bumped after every `init`, once its writer holds `Live`: a handle that
+/// opened with no live header learns from a change here that a writer has
+/// since set one up.
 const OFF_INCARNATION: u64 = LIVE_OFFSET + 32;
 /// +1 each time a handle takes the writer lock (`writer_turn`).
 const OFF_WRITER_TURNS: u64 = LIVE_OFFSET + 40;
@@ -164,8 +165,13 @@ pub(crate) fn init(map: &Mapping, state: &State) {
     // Waiters counted before this init belong to processes that are gone
     // (no handle held the live header).
     map.counter(OFF_WAITERS).store(0, Ordering::SeqCst);
-    map.counter(OFF_INCARNATION).fetch_add(1, Ordering::SeqCst);
     notify(map);
+}
+
+/// Tells handles that opened offline that a live header is set up: called
+/// by the writer that set it up, once it holds the `Live` lock.
+pub(crate) fn new_incarnation(map: &Mapping) {
+    map.counter(OFF_INCARNATION).fetch_add(1, Ordering::SeqCst);
 }
 
 /// The incarnation of the live header: changes whenever a writer sets up a

@@ -665,7 +665,16 @@ fn private_views_beside_a_writer_in_another_process_keep_their_snapshot() {
     let mut seen = std::collections::BTreeSet::new();
     let mut views = 0;
     loop {
+        let exited = writer.child.try_wait().unwrap();
         let live_seq = probe.begin_read().unwrap().seq();
+        // A writer that is gone published all it will: the probe must show
+        // its last commit now, or this loop would never end.
+        if let Some(status) = exited {
+            assert!(
+                status.success() && live_seq >= start_seq + COMMITS,
+                "the writer exited ({status}); the probe shows commit {live_seq}"
+            );
+        }
         let view = Options::new().private(true).open(&db).unwrap();
         let opened = view.begin_read().unwrap().seq();
         assert!(opened >= live_seq, "a view older than the store it opened");

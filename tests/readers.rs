@@ -222,3 +222,65 @@ fn wait_for_commit_returns_at_once_wakes_on_a_commit_and_times_out() {
         assert_eq!(waiter.join().unwrap(), seq + 1);
     });
 }
+
+/// A read-only handle that opens on a clean store with no live handle
+/// shows the checkpoint, and joins the live header once a writer sets one
+/// up: it notices the header's incarnation change. A writer that set the
+/// header up between this open's look for a live handle and its read of
+/// the incarnation left nothing to notice: the handle showed the
+/// checkpoint for good (found as a hang in CI: a read-only probe that
+/// never saw a writer process's commits).
+#[test]
+fn a_read_only_handle_joins_a_writer_that_sets_up_while_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("join.kv");
+    Store::open(&db).unwrap().put(b"k", b"checkpoint").unwrap();
+
+    let faults = Faults::new();
+    faults.pause_at(PausePoint::OpeningOffline);
+    let opening = {
+        let (db, faults) = (db.clone(), faults.clone());
+        std::thread::spawn(move || {
+            Options::new()
+                .read_only(true)
+                .faults(faults)
+                .open(db)
+                .unwrap()
+        })
+    };
+    assert!(faults.wait_paused(Duration::from_secs(30)));
+    let writer = Store::open(&db).unwrap();
+    writer.put(b"k", b"live").unwrap();
+    faults.resume();
+    let reader = opening.join().unwrap();
+    assert_eq!(reader.get(b"k").unwrap().as_deref(), Some(&b"live"[..]));
+    writer.put(b"k", b"later").unwrap();
+    assert_eq!(reader.get(b"k").unwrap().as_deref(), Some(&b"later"[..]));
+}
+
+/// The same race from the writer's side: a read-only handle that opens
+/// while a writer has set up the live header but does not hold `Live` yet
+/// (so the reader finds no live handle) must still join it.
+#[test]
+fn a_read_only_handle_opening_while_a_writer_sets_up_joins_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("setup.kv");
+    Store::open(&db).unwrap().put(b"k", b"checkpoint").unwrap();
+
+    let faults = Faults::new();
+    faults.pause_at(PausePoint::LiveHeaderSetUp);
+    let setting_up = {
+        let (db, faults) = (db.clone(), faults.clone());
+        std::thread::spawn(move || Options::new().faults(faults).open(db).unwrap())
+    };
+    assert!(faults.wait_paused(Duration::from_secs(30)));
+    let reader = Options::new().read_only(true).open(&db).unwrap();
+    assert_eq!(
+        reader.get(b"k").unwrap().as_deref(),
+        Some(&b"checkpoint"[..])
+    );
+    faults.resume();
+    let writer = setting_up.join().unwrap();
+    writer.put(b"k", b"live").unwrap();
+    assert_eq!(reader.get(b"k").unwrap().as_deref(), Some(&b"live"[..]));
+}

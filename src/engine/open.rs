@@ -4,6 +4,7 @@ use super::alloc::MIN_GROWTH;
 use super::meta::{pick_meta, SpaceRef};
 use super::{corrupted, io_error, Shared, Tail, Writer};
 use crate::error::{Error, Result};
+use crate::faults::PausePoint;
 use crate::format::*;
 use crate::live::{self, State};
 use crate::options::{Durability, Options};
@@ -224,10 +225,20 @@ impl Shared {
                     return Err(corrupted(&path, LIVE_OFFSET, "live header never settles"));
                 }
             };
+            let set_up = live_state.is_none();
             let w = shared.writer.get_mut().unwrap_or_else(|e| e.into_inner());
             w.state = state;
             w.space = space;
+            if set_up {
+                opts.faults.point(PausePoint::LiveHeaderSetUp);
+            }
             shared.lock(LockId::Live, LockMode::Shared, true)?;
+            if set_up {
+                // Only now, with `Live` held: a handle that opened offline
+                // meanwhile sees the change and joins, and one that reads
+                // the new incarnation finds `Live` held (below).
+                live::new_incarnation(&shared.map.load());
+            }
             shared.joined = AtomicBool::new(true);
             if locked_writer {
                 shared.lock(LockId::Writer, LockMode::Unlock, true)?;
@@ -236,8 +247,21 @@ impl Shared {
             shared.lock(LockId::Live, LockMode::Shared, true)?;
             shared.joined = AtomicBool::new(true);
         } else if meta.is_clean() {
-            shared.offline = Some(from_meta);
-            shared.offline_incarnation = live::incarnation(&shared.map.load());
+            // No live handle when `join` was decided. A writer may have set
+            // up the header since: read the incarnation, then look again.
+            // A writer bumps it only once it holds `Live`, so either this
+            // handle sees `Live` held now, or it sees the bump later.
+            opts.faults.point(PausePoint::OpeningOffline);
+            let map = shared.map.load_full();
+            let incarnation = live::incarnation(&map);
+            let live_now = shared.backend.held_by_others(LockId::Live).unwrap_or(false);
+            if live_now && live::read(&map).is_some() {
+                shared.lock(LockId::Live, LockMode::Shared, true)?;
+                shared.joined = AtomicBool::new(true);
+            } else {
+                shared.offline = Some(from_meta);
+                shared.offline_incarnation = incarnation;
+            }
         } else {
             return Err(Error::NeedsRecovery { path });
         }
