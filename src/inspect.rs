@@ -176,6 +176,7 @@ fn live(b: &mut Builder, bytes: &[u8]) -> (String, bool) {
     b.add("notify", word(bytes, 2));
     b.add("waiters", word(bytes, 3));
     b.add("incarnation", word(bytes, 4));
+    b.add("writer_turns", word(bytes, 5));
     const NAMES: [&str; 15] = [
         "seq",
         "tail",

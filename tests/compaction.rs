@@ -350,6 +350,7 @@ fn a_backup_equals_its_snapshot_though_commits_and_compact_run_during_its_copy()
                 }
             });
         }
+        let _stop_readers = common::StopOnDrop(&stop);
         let r = store
             .backup_to_with_progress(dir.path().join("copy.kv"), |copied, all| {
                 if copied >= all || during.is_some() {
@@ -440,6 +441,7 @@ fn a_backup_is_one_consistent_snapshot_while_a_writer_goes_on() {
                 tx.commit().unwrap();
             }
         });
+        let _stop_writer = common::StopOnDrop(&stop);
         let r = store.backup_to(dir.path().join("copy.kv")).unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         r
@@ -665,6 +667,7 @@ fn changes_since_beside_compaction_lists_every_change_or_says_reclaimed() {
                 })
             })
             .collect();
+        let _stop_readers = common::StopOnDrop(&stop);
         for _ in 0..40 {
             let seq = store.begin_read().unwrap().seq() + 1;
             let mut tx = store.begin_write().unwrap();

@@ -342,6 +342,7 @@ fn growing_and_shrinking_index_moves_under_reader_threads_and_a_process() {
                 })
             })
             .collect();
+        let _stop_threads = common::StopOnDrop(&stop);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         for c in 0..COMMITS {
             let mut tx = store.begin_write().unwrap();

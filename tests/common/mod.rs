@@ -8,6 +8,18 @@ use mapkv::check::Op;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Sets its flag when dropped, a panic's unwinding included: helper
+/// threads of a `thread::scope` that loop until the flag is set then stop
+/// when the scope's own thread fails, and the test fails instead of
+/// hanging (the scope waits for every thread it spawned).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
