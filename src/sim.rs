@@ -397,7 +397,7 @@ impl Backend for SimHandle {
         })
     }
 
-    fn grow(&self, new_len: u64) -> io::Result<()> {
+    fn grow(&self, new_len: u64) -> io::Result<u64> {
         let mut st = self.shared.state();
         if st.fail_grows > 0 {
             st.fail_grows -= 1;
@@ -406,11 +406,12 @@ impl Backend for SimHandle {
         if new_len > self.shared.capacity {
             return Err(enospc());
         }
-        if new_len > st.len {
+        let old = st.len;
+        if new_len > old {
             st.len = new_len;
             st.durable.resize(new_len as usize, 0);
         }
-        Ok(())
+        Ok(old)
     }
 
     fn zero_range(&self, map: &Mapping, off: u64, len: u64) -> io::Result<()> {

@@ -122,9 +122,6 @@ impl Shared {
         // this growth adds is known to be zeros.
         let was = self
             .backend
-            .file_len()
-            .map_err(|e| self.io("read the file length", e))?;
-        self.backend
             .grow(new_len)
             .map_err(|e| self.io(format!("grow the file to {new_len} bytes"), e))?;
         tail.zeros_from = tail.zeros_from.min(was.max(st.file_len));

@@ -23,10 +23,7 @@ impl Shared {
         if m.len() >= len {
             return Ok(m);
         }
-        let file_len = self
-            .backend
-            .file_len()
-            .map_err(|e| self.io("read the file length", e))?;
+        let file_len = self.real_file_len()?;
         if file_len < len {
             return Err(self.corrupted(
                 file_len,
@@ -45,6 +42,14 @@ impl Shared {
         );
         self.map.store(m.clone());
         Ok(m)
+    }
+
+    /// The file's length now (which a writer in another process, perhaps
+    /// dead, may have grown past any published state).
+    pub(crate) fn real_file_len(&self) -> Result<u64> {
+        self.backend
+            .file_len()
+            .map_err(|e| self.io("read the file length", e))
     }
 
     /// The extent table published with `st` (in the working copy it

@@ -302,14 +302,12 @@ impl Shared {
         // slots it had stored named its records: found by `kvctl
         // torture`.) If nobody else wrote since this handle, it is.
         let file_len = if others {
-            self.backend
-                .file_len()
-                .map_err(|e| self.io("read the file length", e))?
-                .max(st.file_len)
+            let len = self.real_file_len()?.max(st.file_len);
+            *map = self.map_covering(len)?;
+            len
         } else {
             st.file_len
         };
-        *map = self.map_covering(file_len)?;
         let commits = self.scan_tail(map, st, file_len);
         if commits.is_empty() {
             return Ok(());

@@ -142,10 +142,10 @@ impl Backend for FileBackend {
         Ok(unsafe { Mapping::new(ptr, len, reserved, self.fd_writable, Owner::Mmap(raw)) })
     }
 
-    fn grow(&self, new_len: u64) -> io::Result<()> {
+    fn grow(&self, new_len: u64) -> io::Result<u64> {
         let old_len = self.file_len()?;
         if new_len <= old_len {
-            return Ok(());
+            return Ok(old_len);
         }
         // 1. Reserve the blocks: a full disk fails here, before anything
         //    changed, instead of as SIGBUS on a later write through the map.
@@ -175,7 +175,8 @@ impl Backend for FileBackend {
         //    here: that would also write every dirty index page of the file
         //    (measured: 55-65 ms per growth during a bulk load).
         self.faults.ftruncate()?;
-        self.file.set_len(new_len)
+        self.file.set_len(new_len)?;
+        Ok(old_len)
     }
 
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()> {

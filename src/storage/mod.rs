@@ -141,8 +141,9 @@ pub(crate) trait Backend: Send + Sync {
     fn map(&self, len: u64) -> io::Result<Mapping>;
     /// Grows the file to `new_len` with blocks reserved (unwritten: they
     /// read as zeros with no I/O). The new length becomes durable with the
-    /// next flush that covers any of the new space.
-    fn grow(&self, new_len: u64) -> io::Result<()>;
+    /// next flush that covers any of the new space. Returns the length
+    /// the file had (if that was `new_len` or more, nothing changed).
+    fn grow(&self, new_len: u64) -> io::Result<u64>;
     /// Readies `[off, off + len)` of fresh space (grown, past everything
     /// allocated, seen by nobody else): writes zeros there, so that a
     /// later commit's writes do not pay the page faults, and for the log

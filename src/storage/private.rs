@@ -246,10 +246,10 @@ impl Backend for PrivateBackend {
         })
     }
 
-    fn grow(&self, new_len: u64) -> io::Result<()> {
+    fn grow(&self, new_len: u64) -> io::Result<u64> {
         let old = self.len.load(Ordering::Acquire);
         if new_len <= old {
-            return Ok(());
+            return Ok(old);
         }
         if new_len > self.region.reserved {
             return Err(self.too_long(new_len));
@@ -269,7 +269,7 @@ impl Backend for PrivateBackend {
         }
         self.high.fetch_max(new_len, Ordering::AcqRel);
         self.len.store(new_len, Ordering::Release);
-        Ok(())
+        Ok(old)
     }
 
     fn prepare(&self, _map: &Mapping, _off: u64, _len: u64, _use: Prepare) -> io::Result<()> {
