@@ -143,8 +143,9 @@ impl<'t> Changes<'t> {
                     };
                     continue;
                 }
-                // Compaction's copies and retirements change no value.
-                KIND_RETIRE | KIND_INDEX => {
+                // Compaction's copies, retirements and forgotten deletes
+                // change no value.
+                KIND_RETIRE | KIND_INDEX | KIND_FORGET => {
                     pos += rec.size();
                     continue;
                 }

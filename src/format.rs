@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: [u8; 8] = *b"\x89MKV\r\n\x1a\n";
 /// The format this code reads and writes. Bumped on any change to the layout
 /// or to what replay does with it (docs/FORMAT.md, "Versioning").
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Unit of alignment for meta pages, extents and index tables.
 pub const PAGE_SIZE: u64 = 4096;
 /// Hash function id stored in the meta page: xxh3-64 with the store's seed.
@@ -225,6 +225,15 @@ pub const KIND_RETIRE: u8 = 5;
 /// replay starts every move at the very commit the original run did.
 pub const KIND_INDEX: u8 = 6;
 
+/// Says its commit forgets deleted keys: its body is the offsets (`u64`
+/// each, at most [`MAX_FORGET`]) of delete records that the index names
+/// as their key's newest version and that no snapshot can see past; each
+/// such key's slot becomes [`SLOT_FORGOTTEN`], so compaction need not copy
+/// the delete.
+pub const KIND_FORGET: u8 = 7;
+/// The most offsets one forget record holds.
+pub const MAX_FORGET: usize = 8192;
+
 /// Record flag (puts and deletes): a copy compaction made of the key's
 /// newest version; the key's value did not change.
 pub const FLAG_MOVED: u8 = 1;
@@ -330,6 +339,10 @@ impl RecordHeader {
             KIND_DELETE => (field + 1, val_len == 0),
             KIND_COMMIT => (0, field == 0 && val_len == COMMIT_BODY_SIZE),
             KIND_NEXT | KIND_RETIRE | KIND_INDEX => (0, field == 0 && val_len == NEXT_BODY_SIZE),
+            KIND_FORGET => (
+                0,
+                field == 0 && val_len % 8 == 0 && (8..=8 * MAX_FORGET).contains(&val_len),
+            ),
             _ => return None,
         })
     }
@@ -369,9 +382,19 @@ pub fn record_crc(header: &RecordHeader, key: &[u8], val: &[u8]) -> u32 {
 pub const SLOT_EMPTY: u64 = 0;
 const TAG_BITS: u32 = 24;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+/// A slot whose key was deleted and forgotten (a forget record): occupied,
+/// so probe chains run on through it, but naming no record. Its tag is 0,
+/// which no key's is, so no probe ever takes it for its key.
+pub const SLOT_FORGOTTEN: u64 = 1 << TAG_BITS;
 
+/// A key's tag: the low 24 bits of its hash, 0 taken as 1 (0 is the tag of
+/// the empty and the forgotten slot).
 pub fn slot_tag(hash: u64) -> u64 {
-    hash & TAG_MASK
+    (hash & TAG_MASK).max(1)
+}
+/// Whether a slot names a record (neither empty nor forgotten).
+pub fn slot_names_record(slot: u64) -> bool {
+    slot & TAG_MASK != 0
 }
 pub fn slot_encode(offset: u64, hash: u64) -> u64 {
     debug_assert!(offset % RECORD_ALIGN == 0 && offset < MAX_FILE_LEN && offset != 0);
@@ -415,6 +438,21 @@ mod tests {
         assert_eq!(slot_offset(s), off);
         assert!(slot_matches(s, h));
         assert!(!slot_matches(s, h ^ 1));
+        assert!(slot_names_record(s));
+    }
+
+    #[test]
+    fn no_key_takes_the_forgotten_or_the_empty_slot_for_its_own() {
+        // A hash whose low 24 bits are 0 gets tag 1, so the forgotten
+        // slot (tag 0) matches no key, whatever its hash.
+        for h in [0, 1 << 24, 0xffff_ffff_ff00_0000, 0x1234_5678_9a00_0000] {
+            assert_eq!(slot_tag(h), 1);
+            assert!(!slot_matches(SLOT_FORGOTTEN, h));
+            assert!(!slot_matches(SLOT_EMPTY, h));
+            assert!(slot_names_record(slot_encode(4096, h)));
+        }
+        assert!(!slot_names_record(SLOT_FORGOTTEN) && !slot_names_record(SLOT_EMPTY));
+        assert_ne!(SLOT_FORGOTTEN, SLOT_EMPTY);
     }
 
     #[test]

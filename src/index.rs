@@ -172,7 +172,7 @@ impl Table {
     pub fn prefetch_record(&self, map: &Mapping, i: u64) {
         if i < self.cap() {
             let v = self.load(map, i);
-            if v != SLOT_EMPTY {
+            if slot_names_record(v) {
                 map.prefetch(slot_offset(v));
             }
         }

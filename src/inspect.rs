@@ -304,11 +304,14 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
         KIND_NEXT => ("next", 0),
         KIND_RETIRE => ("retire", 0),
         KIND_INDEX => ("index", 0),
+        KIND_FORGET => ("forget", 0),
         _ => {
             // Not a record: show the word as an index slot would read it.
             let w = word(&hdr, 0);
             b.add("word", format!("{w:#018x}"));
-            if w != SLOT_EMPTY {
+            if w == SLOT_FORGOTTEN {
+                b.add("as index slot", "a forgotten key");
+            } else if w != SLOT_EMPTY {
                 b.add(
                     "as index slot",
                     format!("record at {}, tag {:#08x}", slot_offset(w), w & 0xff_ffff),
@@ -369,6 +372,16 @@ fn record(b: &mut Builder, file: &File, path: &Path, off: u64, len: u64) -> Resu
             let n: NextBody = bytemuck::pod_read_unaligned(val);
             b.add("new table log2", n.offset.get());
             b.add("finish the move under way first", n.len.get() == 1);
+        }
+        KIND_FORGET if val.len() % 8 == 0 => {
+            let offs: Vec<String> = val
+                .chunks_exact(8)
+                .take(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()).to_string())
+                .collect();
+            let more = if val.len() > 64 { ", …" } else { "" };
+            b.add("deletes forgotten", val.len() / 8);
+            b.add("at", format!("{}{more}", offs.join(", ")));
         }
         KIND_NEXT | KIND_RETIRE if val.len() == NEXT_BODY_SIZE => {
             let n: NextBody = bytemuck::pod_read_unaligned(val);

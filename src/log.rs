@@ -76,6 +76,16 @@ impl Record {
     pub fn index_body(&self, map: &Mapping) -> Option<NextBody> {
         self.body(map, KIND_INDEX)
     }
+    /// The offsets a forget record names (none for another kind).
+    pub fn forget_body<'m>(&self, map: &'m Mapping) -> impl Iterator<Item = u64> + 'm {
+        let v = if self.kind == KIND_FORGET {
+            self.value(map)
+        } else {
+            &[]
+        };
+        v.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+    }
     /// A copy compaction made (the key's value did not change).
     pub fn moved(&self) -> bool {
         self.flags & FLAG_MOVED != 0
@@ -289,6 +299,8 @@ pub(crate) struct ScannedCommit {
     pub retired: Vec<(u64, u64)>,
     /// The index move the commit starts (an index record).
     pub index: Option<IndexMove>,
+    /// Delete records whose keys the commit forgets (forget records).
+    pub forgotten: Vec<u64>,
 }
 
 /// An index move a commit starts: the new table's size, and whether the
@@ -332,6 +344,7 @@ pub(crate) fn scan_commit(
     let mut extents = Vec::new();
     let mut retired = Vec::new();
     let mut index = None;
+    let mut forgotten = Vec::new();
     loop {
         let rec = read_header(map, &rules.fence, cur.pos, cur.end).ok()?;
         // Cheap rejection of stale bytes before the checksum.
@@ -384,6 +397,12 @@ pub(crate) fn scan_commit(
                 retired.push((body.offset.get(), body.len.get()));
                 cur.pos += rec.size();
             }
+            KIND_FORGET => {
+                chain.update(&rec.crc.to_le_bytes());
+                n += 1;
+                forgotten.extend(rec.forget_body(map));
+                cur.pos += rec.size();
+            }
             _ => {
                 let body = rec.commit_body(map)?;
                 let ok = body.txn_start.get() == at.pos
@@ -401,6 +420,7 @@ pub(crate) fn scan_commit(
                     extents,
                     retired,
                     index,
+                    forgotten,
                 });
             }
         }

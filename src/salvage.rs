@@ -297,7 +297,7 @@ fn commit_run(src: &Source, found: &HashMap<u64, Found>, seq: u64, at: u64) -> O
             return None;
         }
         chain.update(&r.crc.to_le_bytes());
-        if r.kind == KIND_RETIRE || r.kind == KIND_INDEX {
+        if matches!(r.kind, KIND_RETIRE | KIND_INDEX | KIND_FORGET) {
             pos += record_size(r.key_len, r.val_len);
         } else if r.kind == KIND_NEXT {
             let next: NextBody =

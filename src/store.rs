@@ -48,6 +48,9 @@ pub struct CompactReport {
     pub records_moved: u64,
     /// Bytes of those records.
     pub bytes_moved: u64,
+    /// Deleted keys forgotten: their delete records were left behind
+    /// instead of copied, as no snapshot could see past them.
+    pub deletes_forgotten: u64,
     /// Bytes of log extents emptied and retired.
     pub bytes_retired: u64,
     /// Bytes freed for reuse now (retired space some snapshot still
@@ -294,8 +297,11 @@ impl Store {
         ];
         let mut full: Option<(Error, &str)> = None;
         for (pass, (choose, what)) in passes.into_iter().enumerate() {
-            // Each step ends an extent or copies 4 MiB: bounded by the log.
-            let limit = 64 + 2 * report.bytes_before / COMPACT_STEP;
+            // Each step ends an extent, copies 4 MiB or forgets
+            // `MAX_FORGET` deletes (of 28 bytes at least): bounded by the log.
+            let limit = 64
+                + 2 * report.bytes_before / COMPACT_STEP
+                + report.bytes_before / (28 * crate::format::MAX_FORGET as u64);
             let relocate = matches!(choose, Choose::Relocate);
             if pass > 0 {
                 // A checkpoint, then what the last pass retired is freed
@@ -350,6 +356,7 @@ impl Store {
                 }
                 report.records_moved += step.records;
                 report.bytes_moved += step.bytes;
+                report.deletes_forgotten += step.forgotten;
                 progress(report.bytes_moved);
             }
         }

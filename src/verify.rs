@@ -276,10 +276,18 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
     for (n, table) in tables.into_iter().flatten().enumerate() {
         for i in 0..table.cap() {
             let v = table.load(map, i);
-            if v == SLOT_EMPTY {
+            let slot_off = table.slot_off(i);
+            if !slot_names_record(v) {
+                if v != SLOT_EMPTY && v != SLOT_FORGOTTEN {
+                    push(
+                        slot_off,
+                        format!(
+                            "index slot {v:#018x} has tag 0 but is neither empty nor forgotten"
+                        ),
+                    );
+                }
                 continue;
             }
-            let slot_off = table.slot_off(i);
             let target = slot_offset(v);
             if !space.list.is_empty() && !records.contains(&target) {
                 push(

@@ -689,3 +689,94 @@ fn changes_since_beside_compaction_lists_every_change_or_says_reclaimed() {
         "{listed} listed, {reclaimed} reclaimed"
     );
 }
+
+/// A delete that the index names and that no open snapshot can see past
+/// is forgotten by compaction (its key's slot marked forgotten), not
+/// copied; while a snapshot from before the deletes is open, every delete
+/// is copied and that snapshot still reads the values they deleted.
+#[test]
+fn compaction_forgets_the_deletes_no_snapshot_can_see_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.kv");
+    let store = Options::new()
+        .auto_compact(false)
+        .durability(mapkv::Durability::Eventual)
+        .open(&path)
+        .unwrap();
+    overwrite_in(&store, 20_000, 100, 1, 1_000);
+    let before_deletes = store.begin_read().unwrap();
+    for chunk in (0..20_000).step_by(2).collect::<Vec<u32>>().chunks(1_000) {
+        let mut tx = store.begin_write().unwrap();
+        for &i in chunk {
+            assert!(tx.delete(key(i)).unwrap());
+        }
+        tx.commit().unwrap();
+    }
+    // Some overwrites, so the deletes' extents are not all there is.
+    for chunk in (1..2_000).step_by(2).collect::<Vec<u32>>().chunks(500) {
+        let mut tx = store.begin_write().unwrap();
+        for &i in chunk {
+            tx.put(key(i), [2; 100]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let held = store.compact().unwrap();
+    for i in 0..20_000 {
+        assert_eq!(
+            before_deletes.get(key(i)).unwrap(),
+            Some(&[1u8; 100][..]),
+            "key {i} in the snapshot from before the deletes"
+        );
+    }
+    assert_eq!(held.deletes_forgotten, 0, "{held:?}");
+    assert!(held.records_moved >= 10_000, "{held:?}");
+    drop(before_deletes);
+    let after_deletes = store.begin_read().unwrap();
+    let log_before = store.stats().unwrap().log_bytes;
+    let freed = store.compact().unwrap();
+    // (The newest deletes may share the log's open extent, which
+    // compaction leaves alone.)
+    assert!(freed.deletes_forgotten >= 9_000, "{freed:?}");
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.keys, 10_000);
+    // The deletes are gone from the log: it holds little besides the puts.
+    assert!(
+        stats.dead_bytes < 10_000 * 20,
+        "{} dead bytes left (log {} before)",
+        stats.dead_bytes,
+        log_before
+    );
+    let check = |snap: &mapkv::ReadTxn<'_>| {
+        for i in 0..20_000u32 {
+            let want = match i {
+                _ if i % 2 == 0 => None,
+                _ if i < 2_000 => Some(&[2u8; 100][..]),
+                _ => Some(&[1u8; 100][..]),
+            };
+            assert_eq!(snap.get(key(i)).unwrap(), want, "key {i}");
+        }
+        assert_eq!(snap.len(), 10_000);
+        assert_eq!(snap.iter().count(), 10_000);
+    };
+    check(&after_deletes);
+    check(&store.begin_read().unwrap());
+    drop(after_deletes);
+    // Forgotten keys put back, deleted again, and a reopen.
+    let mut tx = store.begin_write().unwrap();
+    for i in (0..400).step_by(2) {
+        assert!(!tx.delete(key(i)).unwrap(), "forgotten key {i} was there");
+        tx.put(key(i), [7; 10]).unwrap();
+    }
+    tx.commit().unwrap();
+    assert!(store.delete(key(0)).unwrap());
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let snap = store.begin_read().unwrap();
+    assert_eq!(snap.get(key(0)).unwrap(), None);
+    for i in (2..400).step_by(2) {
+        assert_eq!(snap.get(key(i)).unwrap(), Some(&[7u8; 10][..]), "key {i}");
+    }
+    assert_eq!(snap.len(), 10_000 + 199);
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{report}");
+}

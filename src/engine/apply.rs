@@ -97,6 +97,48 @@ impl Shared {
         Ok(())
     }
 
+    /// Forgets the keys of the delete records at `forgotten` (a forget
+    /// record of commit `seq`): each key whose slot in the table still
+    /// names that delete gets [`SLOT_FORGOTTEN`]. Its readers see no key
+    /// either way; compaction then has no delete to copy. Nothing is
+    /// counted: the slot stays occupied (`index_used`), and deleted keys
+    /// are not in `key_count` or `live_bytes`.
+    ///
+    /// The deletes are still in the file: they lie in the extent being
+    /// compacted, retired at this commit or later and reused only after a
+    /// checkpoint as new (docs/DESIGN.md, "Reclamation rules"), so replay
+    /// reads them too.
+    pub(crate) fn forget(
+        &self,
+        map: &Mapping,
+        st: &State,
+        forgotten: &[u64],
+        seq: u64,
+    ) -> Result<()> {
+        if forgotten.is_empty() {
+            return Ok(());
+        }
+        let table = st.table();
+        let fence = st.fence();
+        for &off in forgotten {
+            let rec = self.header(map, &fence, off, "forgotten delete")?;
+            if rec.kind != KIND_DELETE || rec.seq >= seq {
+                return Err(self.corrupted(off, "forget record names no older delete record"));
+            }
+            let key = rec.key(map);
+            let hash = hash_key(self.seed, key);
+            if let Probe::Found { slot, head } = table
+                .probe(map, &Fenced { map, fence }, hash, key)
+                .map_err(|b| self.bad_slot(b))?
+            {
+                if head.off == off {
+                    table.store(map, slot, SLOT_FORGOTTEN);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Marks the extents a commit retires (compaction copied every record
     /// in them that was the newest version of its key). Commits whose
     /// records were there are no longer listed by `changes_since`.
@@ -154,6 +196,7 @@ impl Shared {
             None => None,
         };
         self.apply(map, st, space, &finals, c.seq, index_move)?;
+        self.forget(map, st, &c.forgotten, c.seq)?;
         self.retire(st, space, &c.retired, c.seq);
         st.moved_total += moved;
         st.seq = c.seq;

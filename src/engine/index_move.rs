@@ -162,8 +162,8 @@ impl Shared {
         for i in st.migrate_next..end {
             old.prefetch_record(map, i + 2 * PREFETCH_AHEAD as u64);
             let v = old.load(map, i);
-            if v == SLOT_EMPTY {
-                continue;
+            if !slot_names_record(v) {
+                continue; // empty, or a forgotten key: dropped too
             }
             let h = self.header(map, &fence, slot_offset(v), "old index slot target")?;
             if !matches!(h.kind, KIND_PUT | KIND_DELETE) {

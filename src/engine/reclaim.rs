@@ -22,16 +22,13 @@ impl Shared {
         let Some(oldest_retired) = w.space.oldest_retired() else {
             return 0;
         };
-        if oldest_retired > st.ckpt_seq || self.pinned() {
+        if oldest_retired > st.ckpt_seq {
             return 0;
         }
-        let oldest = self
-            .scan_readers()
-            .snapshots
-            .iter()
-            .map(|s| s.seq)
-            .min()
-            .unwrap_or(u64::MAX);
+        let oldest = self.oldest_snapshot();
+        if oldest == 0 {
+            return 0; // pinned
+        }
         let freed = self.free_retired(w, st.ckpt_seq.min(oldest));
         if freed > 0 {
             w.space_dirty = true;

@@ -177,7 +177,7 @@ impl Shared {
         Self::checkpoint_tables(meta).iter().any(|table| {
             (0..table.cap()).any(|i| {
                 let v = table.load(map, i);
-                v != SLOT_EMPTY && !record_survives(meta, space, recovered, slot_offset(v))
+                slot_names_record(v) && !record_survives(meta, space, recovered, slot_offset(v))
             })
         })
     }

@@ -155,6 +155,23 @@ impl Shared {
         readers::scan(&*self.backend, &self.map.load(), &self.registry)
     }
 
+    /// The seq of the oldest snapshot open in any process (`u64::MAX` if
+    /// none; 0 while a handle that cannot register its snapshots is open):
+    /// every snapshot that begins from now on is at least as new as the
+    /// published state, so a record no newer than this is the past of
+    /// every snapshot there will be.
+    pub(crate) fn oldest_snapshot(&self) -> u64 {
+        if self.pinned() {
+            return 0;
+        }
+        self.scan_readers()
+            .snapshots
+            .iter()
+            .map(|s| s.seq)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// Whether a handle that cannot register its snapshots is open (this
     /// one or another): the `Pin` lock.
     pub(crate) fn pinned(&self) -> bool {

@@ -25,6 +25,8 @@ pub(crate) struct Step {
     pub records: u64,
     /// An extent was being emptied (false: nothing to do).
     pub active: bool,
+    /// Deletes forgotten instead of copied.
+    pub forgotten: u64,
 }
 
 /// Automatic compaction waits until sealed extents hold this much.
@@ -55,6 +57,28 @@ impl<'s> WriteTxn<'s> {
         budget: u64,
         choose: Choose,
         strict: bool,
+    ) -> Result<Step> {
+        let from = self.forgotten.len();
+        let step = self.compact_walk(budget, choose, strict, from)?;
+        if self.forgotten.len() > from {
+            let body: Vec<u8> = self.forgotten[from..]
+                .iter()
+                .flat_map(|off| off.to_le_bytes())
+                .collect();
+            let at = self.reserve(record_size(0, body.len()))?;
+            self.write_body_record(at, KIND_FORGET, &body)?;
+        }
+        Ok(step)
+    }
+
+    /// The walk of [`compact_step`](Self::compact_step); the deletes it
+    /// forgets are pushed to `self.forgotten` after `from`.
+    fn compact_walk(
+        &mut self,
+        budget: u64,
+        choose: Choose,
+        strict: bool,
+        from: usize,
     ) -> Result<Step> {
         let mut step = Step::default();
         self.prepare_index()?;
@@ -118,7 +142,13 @@ impl<'s> WriteTxn<'s> {
         // passed is a header read and an index probe, and a wholly dead
         // extent would otherwise be walked to its end in one commit.
         let mut walked = 0;
-        while step.bytes + if strict { 0 } else { walked } < budget {
+        // The oldest snapshot any process has open, looked up once a
+        // delete could be forgotten: a delete no snapshot can see past
+        // (every one is at least as new) is forgotten, not copied.
+        let mut oldest: Option<u64> = None;
+        while step.bytes + if strict { 0 } else { walked } < budget
+            && self.forgotten.len() - from < MAX_FORGET
+        {
             ahead = ahead.max(pos);
             while lead < PREFETCH_AHEAD {
                 // (A next record or an unreadable one: the loop below decides.)
@@ -174,7 +204,13 @@ impl<'s> WriteTxn<'s> {
                         .shared
                         .head(&map, &Fenced { map: &map, fence }, &self.base, key)?
                         .is_some_and(|h| h.off == rec.off);
-                if newest {
+                let forget = newest
+                    && rec.kind == KIND_DELETE
+                    && rec.seq <= *oldest.get_or_insert_with(|| self.shared.oldest_snapshot());
+                if forget {
+                    self.forgotten.push(rec.off);
+                    step.forgotten += 1;
+                } else if newest {
                     buf.clear();
                     buf.extend_from_slice(key);
                     buf.extend_from_slice(rec.value(&map));

@@ -103,6 +103,9 @@ pub struct WriteTxn<'s> {
     space_undo: Option<(Space, bool)>,
     /// Extents this transaction retires (compaction emptied them).
     retired: Vec<(u64, u64)>,
+    /// Delete records whose keys this transaction forgets (compaction
+    /// passed them; docs/DESIGN.md, "Forgetting deletes").
+    forgotten: Vec<u64>,
     /// Bytes of records compaction copied in this transaction.
     moved: u64,
     /// Skip automatic compaction at commit (a compaction step of its own).

@@ -408,8 +408,8 @@ impl<'t> Iter<'t> {
                 table.prefetch_record(map, self.slot + 2 * PREFETCH_AHEAD as u64);
                 let v = table.load(map, self.slot);
                 self.slot += 1;
-                if v == SLOT_EMPTY {
-                    continue;
+                if !slot_names_record(v) {
+                    continue; // empty or forgotten
                 }
                 let found = txn.entry(map, slot_offset(v), self.old);
                 match found {

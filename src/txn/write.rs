@@ -64,6 +64,7 @@ impl<'s> WriteTxn<'s> {
             done: false,
             space_undo: None,
             retired: Vec::new(),
+            forgotten: Vec::new(),
             moved: 0,
             no_auto: false,
             index_prepared: false,
@@ -351,9 +352,10 @@ impl<'s> WriteTxn<'s> {
         let mut map = self.map.clone();
         let mut space = std::mem::take(self.space_mut());
         let seq = st.seq;
-        let applied =
-            self.shared
-                .apply(&mut map, &mut st, &mut space, &finals, seq, self.index_move);
+        let applied = self
+            .shared
+            .apply(&mut map, &mut st, &mut space, &finals, seq, self.index_move)
+            .and_then(|()| self.shared.forget(&map, &st, &self.forgotten, seq));
         self.shared.retire(&mut st, &mut space, &self.retired, seq);
         st.moved_total += self.moved;
         self.w.space = space;

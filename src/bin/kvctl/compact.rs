@@ -31,6 +31,7 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
             "bytes_after": r.bytes_after,
             "records_moved": r.records_moved,
             "bytes_moved": r.bytes_moved,
+            "deletes_forgotten": r.deletes_forgotten,
             "bytes_retired": r.bytes_retired,
             "bytes_freed": r.bytes_freed,
             "seconds": r.duration.as_secs_f64(),
@@ -43,11 +44,12 @@ pub fn run(ctx: &Ctx, _: Args) -> Outcome {
             print!("dry run, nothing written: ");
         }
         println!(
-            "file {} -> {} bytes; copied {} records ({} bytes), retired {} bytes of log, freed {} ({:.2?})",
+            "file {} -> {} bytes; copied {} records ({} bytes), forgot {} deleted keys, retired {} bytes of log, freed {} ({:.2?})",
             r.bytes_before,
             r.bytes_after,
             r.records_moved,
             r.bytes_moved,
+            r.deletes_forgotten,
             r.bytes_retired,
             r.bytes_freed,
             r.duration
