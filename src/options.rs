@@ -127,11 +127,13 @@ impl Options {
     /// the dead bytes of the log pass the
     /// [threshold](Self::compact_threshold), each commit also walks and
     /// copies up to four times its own bytes (at least 1 KiB) of the most
-    /// wasteful log extent, moving its live records to the log's end; the
-    /// extent is reused once no snapshot needs it. A small commit so pays a
-    /// small share; a burst of deletes is reclaimed by the commits after it
-    /// in proportion to their size, or at once by
-    /// [`Store::compact`](crate::Store::compact).
+    /// wasteful log extent, moving its live records to the log's end, plus
+    /// enough to give back about what the commit itself makes dead (the
+    /// values it overwrites or deletes); the extent is reused once no
+    /// snapshot needs it. A small commit so pays a small share, and a
+    /// burst of deletes or overwrites pays for its own garbage as it goes.
+    /// [`Store::compact`](crate::Store::compact) reclaims everything at
+    /// once.
     /// With `false`, space comes back only from
     /// [`Store::compact`](crate::Store::compact).
     ///

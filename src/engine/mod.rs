@@ -101,6 +101,9 @@ pub(crate) struct Writer {
     /// would skip `mark_dirty`, and a power cut would then find the old
     /// clean meta page and ignore every commit after it.
     pub meta_flushed: u64,
+    /// Ranges freed but not punched yet: a write transaction punches at
+    /// most `PUNCH_PER_TXN` of them (docs/DESIGN.md, "Holes").
+    pub to_punch: Vec<(u64, u64)>,
 }
 
 /// What the writer knows of the space at the end of the file, to prepare

@@ -197,6 +197,7 @@ impl Shared {
                 tail: Tail::UNKNOWN,
                 next_turn: u64::MAX,
                 meta_flushed: 0,
+                to_punch: Vec::new(),
             }),
             backend,
         };

@@ -19,6 +19,14 @@ impl Shared {
     /// open in any process (so no reader does). Nothing is freed while a
     /// handle that cannot register its snapshots is open (`Pin`).
     pub(crate) fn release_retired(&self, w: &mut Writer, st: &State) -> u64 {
+        let freed = self.release_retired_unpunched(w, st);
+        self.punch_some(w, u64::MAX);
+        freed
+    }
+
+    /// [`release_retired`](Self::release_retired), leaving the punching
+    /// to [`punch_some`](Self::punch_some).
+    pub(crate) fn release_retired_unpunched(&self, w: &mut Writer, st: &State) -> u64 {
         let Some(oldest_retired) = w.space.oldest_retired() else {
             return 0;
         };
@@ -38,17 +46,44 @@ impl Shared {
 
     /// Frees every range retired by a commit `<= upto` (the caller has
     /// checked that no snapshot, index slot or recovery can read them) and
-    /// punches them, so their disk blocks go back to the file system even
-    /// while other processes map the file (docs/DESIGN.md, "Holes").
-    /// Returns the bytes freed.
+    /// queues them to be punched, so their disk blocks go back to the file
+    /// system even while other processes map the file (docs/DESIGN.md,
+    /// "Holes"). Returns the bytes freed.
     fn free_retired(&self, w: &mut Writer, upto: u64) -> u64 {
         let mut freed = 0;
         for (off, len) in w.space.release(upto) {
-            // A hint: blocks not given back only cost disk space.
-            let _ = self.backend.punch(off, len);
+            w.to_punch.push((off, len));
             freed += len;
         }
         freed
+    }
+
+    /// Punches up to `budget` bytes of the queued ranges, only where they
+    /// are still free (the writer may have handed part of one out again,
+    /// reserving its blocks: that part must keep them). Punching costs
+    /// about 1 ms per MiB on ext4 here: a commit after a wave of deletes
+    /// that freed 23 MiB at once took 24 ms, so a write transaction punches
+    /// `PUNCH_PER_TXN`, and `compact()` all.
+    pub(crate) fn punch_some(&self, w: &mut Writer, mut budget: u64) {
+        while budget > 0 {
+            let Some((off, len)) = w.to_punch.pop() else {
+                return;
+            };
+            let take = len.min(budget);
+            if take < len {
+                w.to_punch.push((off + take, len - take));
+            }
+            budget -= take;
+            let end = off + take;
+            for e in &w.space.list {
+                if e.end() <= off || e.off >= end || !matches!(e.use_, Use::Free) {
+                    continue;
+                }
+                let (a, b) = (e.off.max(off), e.end().min(end));
+                // A hint: blocks not given back only cost disk space.
+                let _ = self.backend.punch(a, b - a);
+            }
+        }
     }
 
     /// Takes the lowest free range that holds `size` bytes, with its
@@ -109,6 +144,7 @@ impl Shared {
                         if alone {
                             self.faults.point(PausePoint::BeforeOldIndexFreed);
                             self.free_retired(&mut w, u64::MAX);
+                            self.punch_some(&mut w, u64::MAX);
                             w.space_dirty = true;
                             self.publish(&mut w, &map, &mut st);
                         }
@@ -213,6 +249,7 @@ impl Shared {
                 Ok(())
             }
             Some((mut w, map)) => {
+                self.punch_some(&mut w, u64::MAX);
                 let mut st = w.state;
                 let r = self.checkpoint(&mut w, &map, &mut st, true);
                 if r.is_ok() {

@@ -260,15 +260,26 @@ impl<'s> WriteTxn<'s> {
 
     /// Automatic compaction (docs/DESIGN.md, "Compaction"): when dead
     /// bytes pass the store's threshold, each commit walks and copies up to
-    /// four times its own bytes (at least 1 KiB) of the deadest extent.
+    /// four times its own bytes (at least 1 KiB) of the deadest extent,
+    /// plus enough to reclaim as much as it makes dead itself.
     pub(super) fn auto_compact(&mut self) -> Result<()> {
         let t = self.w.space.totals();
         let dead = t.sealed_bytes - t.sealed_live;
         let working = self.base.victim_off != 0;
-        let due = t.sealed_bytes >= AUTO_COMPACT_MIN
-            && dead as f64 >= self.shared.compact_threshold * t.sealed_bytes as f64;
+        let threshold = self.shared.compact_threshold;
+        let due =
+            t.sealed_bytes >= AUTO_COMPACT_MIN && dead as f64 >= threshold * t.sealed_bytes as f64;
         if working || due {
-            let budget = (AUTO_COMPACT_FACTOR * self.bytes).max(AUTO_COMPACT_FLOOR);
+            // A victim at least `threshold` dead gives back `threshold` of
+            // what is walked, and the budget counts copied bytes twice
+            // (walked, then copied): `(2 - t) / t` per byte killed walks
+            // `killed / t`. So a burst of deletes or overwrites pays for
+            // its own garbage as it makes it, and the log stays near the
+            // threshold however large the burst (a delete wave used to
+            // leave it for later commits, in proportion to their size).
+            let per_killed = (2.0 - threshold) / threshold;
+            let for_killed = (self.killed as f64 * per_killed) as u64;
+            let budget = (AUTO_COMPACT_FACTOR * self.bytes + for_killed).max(AUTO_COMPACT_FLOOR);
             let choose = Choose::Dead(self.shared.compact_threshold);
             self.compact_step(budget, choose, false)?;
         }

@@ -92,6 +92,9 @@ pub struct WriteTxn<'s> {
     fresh_keys: u64,
     chain: crc32fast::Hasher,
     bytes: u64,
+    /// Bytes of committed values this transaction replaces or deletes
+    /// (each key's newest put, counted once): what it makes dead.
+    killed: u64,
     /// Log ranges this transaction wrote, to flush at commit.
     dirty: Vec<(u64, u64)>,
     /// Records not written to the file yet.

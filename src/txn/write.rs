@@ -53,6 +53,7 @@ impl<'s> WriteTxn<'s> {
             fresh_keys: 0,
             chain: crc32fast::Hasher::new(),
             bytes: 0,
+            killed: 0,
             dirty: Vec::new(),
             staged: Staged {
                 off: base.tail,
@@ -188,9 +189,9 @@ impl<'s> WriteTxn<'s> {
         check_value(value)?;
         let hash = hash_key(self.shared.seed, key);
         let pending = self.pending_of(hash, key);
-        let prev = self
-            .committed_version(pending, key)?
-            .map_or(0, |(off, _)| off);
+        let committed = self.committed_version(pending, key)?;
+        self.count_killed(pending, committed);
+        let prev = committed.map_or(0, |r| r.off);
         if align > 1 {
             self.append_aligned(0, hash, prev, key, value, align)
         } else {
@@ -210,14 +211,25 @@ impl<'s> WriteTxn<'s> {
         let committed = self.committed_version(pending, key)?;
         let exists = match pending {
             Some(p) => p.kind == KIND_PUT,
-            None => committed.is_some_and(|(_, live)| live),
+            None => committed.is_some_and(|r| r.kind == KIND_PUT),
         };
         if !exists {
             return Ok(false);
         }
-        let prev = committed.map_or(0, |(off, _)| off);
+        self.count_killed(pending, committed);
+        let prev = committed.map_or(0, |r| r.off);
         self.append(KIND_DELETE, hash, prev, key, &[])?;
         Ok(true)
+    }
+
+    /// Counts the committed value a first write of a key in this
+    /// transaction makes dead (automatic compaction's budget).
+    fn count_killed(&mut self, pending: Option<Pending>, committed: Option<log::Record>) {
+        if pending.is_none() {
+            if let Some(r) = committed.filter(|r| r.kind == KIND_PUT) {
+                self.killed += r.size();
+            }
+        }
     }
 
     /// The newest committed record of `key` (offset, and whether it is a
@@ -236,16 +248,10 @@ impl<'s> WriteTxn<'s> {
         &self,
         pending: Option<Pending>,
         key: &[u8],
-    ) -> Result<Option<(u64, bool)>> {
+    ) -> Result<Option<log::Record>> {
         let off = match pending {
             Some(p) => p.prev,
-            None => match self
-                .shared
-                .head(&self.map, &self.fenced(), &self.base, key)?
-            {
-                Some(head) => return Ok(Some((head.off, head.kind == KIND_PUT))),
-                None => 0,
-            },
+            None => return self.shared.head(&self.map, &self.fenced(), &self.base, key),
         };
         if off == 0 {
             return Ok(None);
@@ -253,7 +259,7 @@ impl<'s> WriteTxn<'s> {
         let rec = self
             .shared
             .header(&self.map, &self.staged.fence, off, "previous version")?;
-        Ok(Some((off, rec.kind == KIND_PUT)))
+        Ok(Some(rec))
     }
 
     /// Makes the transaction's writes visible to every reader at once and,
