@@ -277,7 +277,7 @@ impl<'s> WriteTxn<'s> {
             // its own garbage as it makes it, and the log stays near the
             // threshold however large the burst (a delete wave used to
             // leave it for later commits, in proportion to their size).
-            let per_killed = (2.0 - threshold) / threshold;
+            let per_killed = (2.0 - threshold) / (threshold * (1.0 - threshold));
             let for_killed = (self.killed as f64 * per_killed) as u64;
             let budget = (AUTO_COMPACT_FACTOR * self.bytes + for_killed).max(AUTO_COMPACT_FLOOR);
             let choose = Choose::Dead(self.shared.compact_threshold);

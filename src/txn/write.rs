@@ -190,7 +190,7 @@ impl<'s> WriteTxn<'s> {
         let hash = hash_key(self.shared.seed, key);
         let pending = self.pending_of(hash, key);
         let committed = self.committed_version(pending, key)?;
-        self.count_killed(pending, committed);
+        self.count_killed(pending, committed, 0);
         let prev = committed.map_or(0, |r| r.off);
         if align > 1 {
             self.append_aligned(0, hash, prev, key, value, align)
@@ -216,7 +216,8 @@ impl<'s> WriteTxn<'s> {
         if !exists {
             return Ok(false);
         }
-        self.count_killed(pending, committed);
+        // The delete record itself is dead too once compaction forgets it.
+        self.count_killed(pending, committed, record_size(key.len(), 0));
         let prev = committed.map_or(0, |r| r.off);
         self.append(KIND_DELETE, hash, prev, key, &[])?;
         Ok(true)
@@ -224,10 +225,10 @@ impl<'s> WriteTxn<'s> {
 
     /// Counts the committed value a first write of a key in this
     /// transaction makes dead (automatic compaction's budget).
-    fn count_killed(&mut self, pending: Option<Pending>, committed: Option<log::Record>) {
+    fn count_killed(&mut self, pending: Option<Pending>, committed: Option<log::Record>, own: u64) {
         if pending.is_none() {
             if let Some(r) = committed.filter(|r| r.kind == KIND_PUT) {
-                self.killed += r.size();
+                self.killed += r.size() + own;
             }
         }
     }
