@@ -85,6 +85,11 @@ const WINDOW: u64 = 8 << 20;
 /// can be read intact into a new store at `dest` (which must not exist),
 /// and reports what was lost. `src` is only read.
 ///
+/// Salvage reads records, not the index, so a key deleted long ago can
+/// come back with an older value: once no snapshot needs it, compaction
+/// forgets a delete instead of copying it (and an index move drops it),
+/// while the put it deleted may still lie in an extent not yet compacted.
+///
 /// # Errors
 /// `Io` if `src` cannot be read or `dest` exists or cannot be written.
 pub fn salvage(src: &Path, dest: &Path) -> Result<SalvageReport> {
