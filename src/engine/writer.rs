@@ -115,7 +115,7 @@ impl Shared {
             if w.fuzzy.is_some() && self.checkpoint_slice(w, &map, &mut st)? {
                 self.publish(w, &map, &mut st);
             }
-            self.release_retired_unpunched(w, &st);
+            self.release_retired(w, &st);
             self.punch_some(w, PUNCH_PER_TXN);
         }
         w.state = st;
