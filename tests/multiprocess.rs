@@ -441,7 +441,7 @@ fn a_reader_process_keeps_its_old_values_while_compaction_reclaims_under_it() {
     for i in 0..200u32 {
         store.put(i.to_le_bytes(), [1u8; 100]).unwrap();
     }
-    let mut reader = Proc::spawn("old-snapshot", &db, &[]);
+    let mut reader = Proc::spawn("old-snapshot", &db, &[("MAPKV_LIVE_BELOW", "100".into())]);
     let held: u64 = reader.expect("holding")[0].parse().unwrap();
     // Overwrite everything six times, compacting after each round: the
     // extents holding the reader's values are emptied and retired.
@@ -455,6 +455,23 @@ fn a_reader_process_keeps_its_old_values_while_compaction_reclaims_under_it() {
         // Another process has the store open: the file is never cut.
         assert!(report.bytes_after >= report.bytes_before, "{report:?}");
     }
+    // Deletes newer than the reader's snapshot, then rounds that seal and
+    // compact their extent: compaction must copy them, not forget them,
+    // or the reader's keys would read as absent.
+    let mut tx = store.begin_write().unwrap();
+    for i in 100..200u32 {
+        tx.delete(i.to_le_bytes()).unwrap();
+    }
+    tx.commit().unwrap();
+    let mut forgotten = 0;
+    for _ in 0..3 {
+        let mut tx = store.begin_write().unwrap();
+        for i in 0..100u32 {
+            tx.put(i.to_le_bytes(), [7u8; 8_000]).unwrap();
+        }
+        tx.commit().unwrap();
+        forgotten += store.compact().unwrap().deletes_forgotten;
+    }
     let stats = store.stats().unwrap();
     assert!(stats.reclaimed_total > 0, "{stats:?}");
     // The reader's snapshot still needs the first extents: not reused.
@@ -463,6 +480,7 @@ fn a_reader_process_keeps_its_old_values_while_compaction_reclaims_under_it() {
     reader.tell("check");
     reader.expect("ok");
     reader.finish();
+    assert_eq!(forgotten, 0, "deletes forgotten under an older snapshot");
     // Once it is gone, they are freed, and alone the file shrinks.
     let report = store.compact().unwrap();
     let after = store.stats().unwrap();
@@ -485,8 +503,11 @@ fn old_snapshot_child(store: &Store) {
         store.stats().unwrap().file_bytes > len0,
         "did not see the growth"
     );
+    // Keys from this one on were deleted after the snapshot (if set).
+    let live_below = std::env::var("MAPKV_LIVE_BELOW").map_or(200, |v| v.parse().unwrap());
     for i in 0..200u32 {
-        assert_eq!(fresh.get(i.to_le_bytes()).unwrap(), Some(&[7u8; 8_000][..]));
+        let want = (i < live_below).then_some(&[7u8; 8_000][..]);
+        assert_eq!(fresh.get(i.to_le_bytes()).unwrap(), want);
     }
     say(format!("ok {}", fresh.seq()));
 }
