@@ -261,7 +261,8 @@ impl<'s> WriteTxn<'s> {
     /// Automatic compaction (docs/DESIGN.md, "Compaction"): when dead
     /// bytes pass the store's threshold, each commit walks and copies up to
     /// four times its own bytes (at least 1 KiB) of the deadest extent,
-    /// plus enough to reclaim as much as it makes dead itself.
+    /// plus enough to give back what it makes dead itself and keep the
+    /// dead share at the threshold.
     pub(super) fn auto_compact(&mut self) -> Result<()> {
         let t = self.w.space.totals();
         let dead = t.sealed_bytes - t.sealed_live;
@@ -270,12 +271,14 @@ impl<'s> WriteTxn<'s> {
         let due =
             t.sealed_bytes >= AUTO_COMPACT_MIN && dead as f64 >= threshold * t.sealed_bytes as f64;
         if working || due {
-            // A victim at least `threshold` dead gives back `threshold` of
-            // what is walked, and the budget counts copied bytes twice
-            // (walked, then copied): `(2 - t) / t` per byte killed walks
-            // `killed / t`. So a burst of deletes or overwrites pays for
-            // its own garbage as it makes it, and the log stays near the
-            // threshold however large the burst (a delete wave used to
+            // A victim at least `t` dead gives back `t` of what is walked,
+            // and the budget counts copied bytes twice (walked, then
+            // copied): `(2 - t) / t` of budget gives back a byte. A commit
+            // that kills `K` bytes (the values it replaces or deletes, and
+            // its own delete records) gets enough to give back `K / (1 -
+            // t)`: what it killed, and enough more that the dead share
+            // stays at `t` while the live bytes shrink. So a burst pays
+            // for its own garbage as it makes it (a delete wave used to
             // leave it for later commits, in proportion to their size).
             let per_killed = (2.0 - threshold) / (threshold * (1.0 - threshold));
             let for_killed = (self.killed as f64 * per_killed) as u64;

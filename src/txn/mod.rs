@@ -93,7 +93,8 @@ pub struct WriteTxn<'s> {
     chain: crc32fast::Hasher,
     bytes: u64,
     /// Bytes of committed values this transaction replaces or deletes
-    /// (each key's newest put, counted once): what it makes dead.
+    /// (each key's newest put, counted once), and of its delete records
+    /// (dead once compaction forgets them): what it makes dead.
     killed: u64,
     /// Log ranges this transaction wrote, to flush at commit.
     dirty: Vec<(u64, u64)>,
