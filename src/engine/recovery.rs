@@ -68,8 +68,8 @@ impl Shared {
                 .iter()
                 .flat_map(|c| c.records.iter().map(|r| r.off))
                 .collect();
-            if self.has_lost_slot(&map, meta, &space, &recovered) {
-                return self.rebuild(meta, space, commits);
+            if self.has_lost_slot(&map, &st, &space, &recovered) {
+                return self.rebuild(meta, space, commits, &recovered);
             }
             commits
         };
@@ -147,39 +147,27 @@ impl Shared {
         Ok(())
     }
 
-    /// The index tables a checkpoint names: the table, then the old one
-    /// while a move lasts.
-    fn checkpoint_tables(meta: &Meta) -> Vec<Table> {
-        let mut tables = vec![Table {
-            off: meta.index_offset.get(),
-            log2: meta.index_log2.get(),
-        }];
-        if meta.old_index_log2.get() != 0 {
-            tables.push(Table {
-                off: meta.old_index_offset.get(),
-                log2: meta.old_index_log2.get(),
-            });
-        }
-        tables
-    }
-
     /// Whether the checkpointed index has a slot naming a record that is
     /// neither in a log extent of the checkpoint nor among the recovered
     /// commits: an `Eventual` commit's slot that reached the disk while its
     /// record did not. Only such a slot's old value is unknowable.
+    /// `ckpt` is the checkpoint's state (`State::from_meta`).
     fn has_lost_slot(
         &self,
         map: &Mapping,
-        meta: &Meta,
+        ckpt: &State,
         space: &Space,
         recovered: &HashSet<u64>,
     ) -> bool {
-        Self::checkpoint_tables(meta).iter().any(|table| {
-            (0..table.cap()).any(|i| {
-                let v = table.load(map, i);
-                slot_names_record(v) && !record_survives(meta, space, recovered, slot_offset(v))
+        [Some(ckpt.table()), ckpt.old_table()]
+            .into_iter()
+            .flatten()
+            .any(|table| {
+                (0..table.cap()).any(|i| {
+                    let v = table.load(map, i);
+                    slot_names_record(v) && !record_survives(ckpt, space, recovered, slot_offset(v))
+                })
             })
-        })
     }
 
     /// Rebuilds the index from the log into a fresh table, then
@@ -192,6 +180,7 @@ impl Shared {
         meta: &Meta,
         mut space: Space,
         commits: Vec<ScannedCommit>,
+        recovered: &HashSet<u64>,
     ) -> Result<(State, Space)> {
         let mut map = self.map.load_full();
         let mut st = State::from_meta(meta, map.len());
@@ -199,10 +188,6 @@ impl Shared {
         let mut newest: HashMap<&[u8], Record> = HashMap::new();
         let heads = map.clone();
         let fence = st.fence();
-        let recovered: HashSet<u64> = commits
-            .iter()
-            .flat_map(|c| c.records.iter().map(|r| r.off))
-            .collect();
         // What the checkpoint says each log extent holds of newest puts.
         let ckpt_live: HashMap<u64, u64> = space
             .list
@@ -232,7 +217,7 @@ impl Shared {
                 }
             }
         }
-        let keys = self.live_at_checkpoint(&heads, meta, &space, &recovered, &ckpt_live, newest);
+        let keys = self.live_at_checkpoint(&heads, &st, &space, recovered, &ckpt_live, newest);
         let mut log2 = MIN_INDEX_LOG2;
         while (1u64 << log2) < (keys.len() as u64).saturating_mul(2) {
             log2 += 1;
@@ -301,18 +286,22 @@ impl Shared {
     /// which the rebuild runs) leaves it unsure, and the extent's `live`
     /// bytes in the checkpoint's extent table decide: the newest puts of an
     /// extent add up to its `live` plus the dead ones.
+    /// `ckpt` is the checkpoint's state (`State::from_meta`).
     fn live_at_checkpoint(
         &self,
         map: &Mapping,
-        meta: &Meta,
+        ckpt: &State,
         space: &Space,
         recovered: &HashSet<u64>,
         ckpt_live: &HashMap<u64, u64>,
         newest: HashMap<&[u8], Record>,
     ) -> Vec<Record> {
-        let tables = Self::checkpoint_tables(meta);
-        let fence = State::from_meta(meta, map.len()).fence();
-        let ckpt_seq = meta.seq.get();
+        let tables: Vec<Table> = [Some(ckpt.table()), ckpt.old_table()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let fence = ckpt.fence();
+        let ckpt_seq = ckpt.seq;
         let extent_of = |off: u64| space.find(off).map(|i| space.list[i].off);
         let mut keep = Vec::new();
         // Per extent: the bytes of every newest put, of those known dead,
@@ -334,7 +323,7 @@ impl Shared {
             let mut found = None;
             for t in &tables {
                 match probe_surviving(map, &fence, t, hash, key, |off| {
-                    record_survives(meta, space, recovered, off)
+                    record_survives(ckpt, space, recovered, off)
                 }) {
                     (Some(h), _) => {
                         found = Some(h);
@@ -435,12 +424,11 @@ impl Shared {
 /// Whether the record a slot names at `off` is still there after a crash:
 /// in a log extent of the checkpoint (not the unwritten rest of its tail
 /// extent, which held nothing then) or among the recovered commits.
-fn record_survives(meta: &Meta, space: &Space, recovered: &HashSet<u64>, off: u64) -> bool {
-    let (tail, tail_end) = (meta.tail.get(), meta.tail_end.get());
+fn record_survives(ckpt: &State, space: &Space, recovered: &HashSet<u64>, off: u64) -> bool {
     let in_log = space
         .find(off)
         .is_some_and(|i| matches!(space.list[i].use_, Use::Log { .. }));
-    (in_log && !(tail..tail_end).contains(&off)) || recovered.contains(&off)
+    (in_log && !(ckpt.tail..ckpt.tail_end).contains(&off)) || recovered.contains(&off)
 }
 
 /// Probes `table` for `key` through the slots whose records survived:
