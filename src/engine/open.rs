@@ -13,7 +13,7 @@ use crate::space::{Space, Use};
 use crate::storage::{Backend, LockId, LockMode, Mapping, Prepare};
 use arc_swap::ArcSwap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Length of a new store: the fixed pages, the first extent, the first
@@ -186,6 +186,7 @@ impl Shared {
             faults: opts.faults.clone(),
             // Until the open succeeds: a failed open closes nothing.
             closed: AtomicBool::new(true),
+            waiting: AtomicUsize::new(0),
             writer: Mutex::new(Writer {
                 state: from_meta,
                 unsynced: Vec::new(),

@@ -112,6 +112,7 @@ impl Shared {
     /// when this handle holds the store alone, also cuts free space off the
     /// end of the file. Returns the bytes freed and the file length.
     pub(crate) fn reclaim(&self, shrink: bool) -> Result<(u64, u64)> {
+        self.flush_in_slices()?;
         let Some((mut w, mut map)) = self.begin_writer(true, false)? else {
             unreachable!("a waiting begin_writer always gets the lock");
         };
@@ -176,6 +177,7 @@ impl Shared {
             if !more {
                 return Ok(());
             }
+            self.yield_writer();
         }
     }
 

@@ -112,7 +112,10 @@ pub struct WriteTxn<'s> {
     forgotten: Vec<u64>,
     /// Bytes of records compaction copied in this transaction.
     moved: u64,
-    /// Skip automatic compaction at commit (a compaction step of its own).
+    /// A step of `compact()`: no automatic compaction at commit, and an
+    /// `Eventual` commit starts writing its bytes back at once, so the
+    /// next durable commit (maybe another thread's, waiting for the lock)
+    /// does not find megabytes of copies to flush.
     pub(crate) no_auto: bool,
     /// Step 1 ran: the index move this commit starts, if any (its new
     /// table's offset).

@@ -353,6 +353,11 @@ impl<'s> WriteTxn<'s> {
             }
         } else {
             let dirty = std::mem::take(&mut self.dirty);
+            if self.no_auto {
+                for &(a, b) in &dirty {
+                    self.shared.backend.start_writeback(a, b - a);
+                }
+            }
             self.w.unsynced.extend(dirty);
         }
         // 4. Index: point each key at its new record (atomic stores).
