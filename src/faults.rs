@@ -81,6 +81,9 @@ pub enum PausePoint {
     /// header's incarnation: a writer that sets the header up from here on
     /// must still be joined.
     OpeningOffline,
+    /// In the idle thread (`Options::idle_work`), holding the writer lock
+    /// after a turn's work, before it lets go.
+    IdleTurn,
     /// In the open of a writer that set up the live header, before it
     /// takes the `Live` lock.
     LiveHeaderSetUp,

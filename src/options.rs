@@ -62,6 +62,9 @@ pub struct Options {
     pub(crate) warm_on_open: bool,
     pub(crate) mode: Option<u32>,
     pub(crate) private: bool,
+    /// `None`: on, unless `faults` were given.
+    pub(crate) idle_work: Option<bool>,
+    faults_given: bool,
 }
 
 impl Default for Options {
@@ -83,6 +86,8 @@ impl Options {
             warm_on_open: true,
             mode: None,
             private: false,
+            idle_work: None,
+            faults_given: false,
         }
     }
 
@@ -169,6 +174,35 @@ impl Options {
     pub fn warm_on_open(mut self, yes: bool) -> Options {
         self.warm_on_open = yes;
         self
+    }
+
+    /// Whether a read-write handle does the work a burst leaves behind
+    /// (the checkpoint of an index it dirtied, freeing and punching the
+    /// extents it retired) in a thread of its own while no write
+    /// transaction has begun for 2 ms (default `true`; `false` if
+    /// [`faults`](Self::faults) are given, so injected failures and pause
+    /// points meet only the caller's threads). The thread never waits for
+    /// the writer lock; a commit that arrives while it holds it waits for
+    /// one slice of that work at most (~1-3 ms), which the commit would
+    /// otherwise have done itself. With `false`, write transactions do
+    /// all of it, a slice each, as they begin.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = mapkv::Options::new()
+    ///     .idle_work(false) // no thread: every byte of I/O in the caller's
+    ///     .open(dir.path().join("data.kv"))?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
+    #[must_use]
+    pub fn idle_work(mut self, on: bool) -> Options {
+        self.idle_work = Some(on);
+        self
+    }
+
+    /// Whether this open starts an idle thread ([`idle_work`](Self::idle_work)).
+    fn idle(&self) -> bool {
+        self.idle_work.unwrap_or(!self.faults_given)
     }
 
     /// The fraction of dead bytes in the log (overwritten or deleted
@@ -259,6 +293,7 @@ impl Options {
     #[must_use]
     pub fn faults(mut self, faults: Faults) -> Options {
         self.faults = faults;
+        self.faults_given = true;
         self
     }
 
@@ -314,7 +349,10 @@ impl Options {
             fd_writable,
             self.faults.clone(),
         );
-        Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+        Ok(Store::from_shared(
+            Shared::open(Box::new(backend), self)?,
+            self.idle(),
+        ))
     }
 
     /// Opens (or creates) the store in the POSIX shared-memory object
@@ -380,7 +418,10 @@ impl Options {
             self.faults.clone(),
         )
         .in_memory();
-        Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+        Ok(Store::from_shared(
+            Shared::open(Box::new(backend), self)?,
+            self.idle(),
+        ))
     }
 
     /// A private view of the store at `path` ([`private`](Self::private)).
@@ -418,7 +459,7 @@ impl Options {
             .map_err(|e| err("map the file privately", e))?;
             match Shared::open(Box::new(backend), self) {
                 Err(Error::Corrupted { .. }) if tries < 3 => tries += 1,
-                r => return Ok(Store::from_shared(r?)),
+                r => return Ok(Store::from_shared(r?, self.idle())),
             }
         }
     }
@@ -435,7 +476,11 @@ impl Options {
                 reason: "empty file".into(),
             });
         }
-        Ok(Store::from_shared(Shared::open(Box::new(backend), self)?))
+        // Simulated disks are for deterministic crash tests: no thread.
+        Ok(Store::from_shared(
+            Shared::open(Box::new(backend), self)?,
+            false,
+        ))
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{is_enospc, Shared};
+use crate::engine::{is_enospc, start_idle, IdleGuard, Shared};
 use crate::error::{Error, Result};
 use crate::faults::PausePoint;
 use crate::live;
@@ -34,6 +34,12 @@ use crate::verify::{self, Stats, VerifyReport};
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
+    /// The idle thread of a read-write handle (`Options::idle_work`),
+    /// shared by the clones: the last to drop stops it. Declared after
+    /// `shared`, so dropped after it: the guard's own reference to the
+    /// store is then the last, and the store closes in the dropping
+    /// thread.
+    _idle: Option<Arc<IdleGuard>>,
 }
 
 /// What [`Store::compact`] did.
@@ -98,9 +104,13 @@ impl Store {
         Options::new().open(path)
     }
 
-    pub(crate) fn from_shared(shared: Shared) -> Store {
+    /// A handle on `shared`, with an idle thread (`idle`) if it may write.
+    pub(crate) fn from_shared(shared: Shared, idle: bool) -> Store {
+        let shared = Arc::new(shared);
+        let idle = idle && shared.writable();
         Store {
-            shared: Arc::new(shared),
+            _idle: idle.then(|| start_idle(&shared)).flatten().map(Arc::new),
+            shared,
         }
     }
 
@@ -596,7 +606,11 @@ impl Store {
     /// `Store` or [`Snapshot`]s of it live, this only lets go of this
     /// clone (`Ok`): the last of them closes the store when dropped.
     pub fn close(self) -> Result<()> {
-        match Arc::try_unwrap(self.shared) {
+        let Store { shared, _idle } = self;
+        // The last clone stops the idle thread here, and its reference
+        // to the store goes with it.
+        drop(_idle);
+        match Arc::try_unwrap(shared) {
             Ok(shared) => shared.close(),
             Err(_) => Ok(()),
         }

@@ -9,6 +9,7 @@ mod alloc;
 mod apply;
 mod checkpoint;
 mod flush;
+mod idle;
 mod index_move;
 mod mapping;
 mod meta;
@@ -34,6 +35,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub(crate) use self::alloc::extent_size;
+pub(crate) use self::idle::{start as start_idle, IdleGuard};
 pub(crate) use self::meta::pick_meta;
 pub(crate) use self::snapshot::SnapshotRecords;
 
@@ -73,6 +75,9 @@ pub(crate) struct Shared {
     /// that take the lock many times over (`compact()`, punching) let
     /// them in between turns ([`yield_writer`](Self::yield_writer)).
     waiting: AtomicUsize,
+    /// Idle-time work (`idle.rs`): what the idle thread and the write
+    /// transactions tell each other.
+    pub idle: idle::Idle,
     /// Injected failures and test pause points (`Options::faults`).
     pub faults: Faults,
     /// `close` ran (by `Store::close`, or when the last handle dropped).
@@ -113,6 +118,10 @@ pub(crate) struct Writer {
     /// Ranges freed but not punched yet: a write transaction punches at
     /// most `PUNCH_PER_TXN` of them (docs/DESIGN.md, "Holes").
     pub to_punch: Vec<(u64, u64)>,
+    /// The last start of a write transaction did some of the work a
+    /// transaction's start does (a checkpoint slice, freeing, punching):
+    /// how the idle thread knows whether another turn is worth it.
+    pub chores_done: bool,
 }
 
 /// What the writer knows of the space at the end of the file, to prepare

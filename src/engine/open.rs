@@ -187,6 +187,7 @@ impl Shared {
             // Until the open succeeds: a failed open closes nothing.
             closed: AtomicBool::new(true),
             waiting: AtomicUsize::new(0),
+            idle: Default::default(),
             writer: Mutex::new(Writer {
                 state: from_meta,
                 unsynced: Vec::new(),
@@ -199,6 +200,7 @@ impl Shared {
                 next_turn: u64::MAX,
                 meta_flushed: 0,
                 to_punch: Vec::new(),
+                chores_done: false,
             }),
             backend,
         };

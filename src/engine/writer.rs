@@ -5,6 +5,7 @@ use super::meta::pick_meta;
 use super::Shared;
 use super::{Fuzzy, Tail, Writer};
 use crate::error::{Error, Result};
+use crate::faults::PausePoint;
 use crate::live;
 use crate::space::Use;
 use crate::storage::{LockId, LockMode, Mapping};
@@ -16,6 +17,18 @@ const RECLAIM_CHECKPOINT_MIN: u64 = 1 << 20;
 /// The most freed space a write transaction punches (the rest waits for
 /// the next ones): about 2 ms on ext4 here.
 const PUNCH_PER_TXN: u64 = 2 << 20;
+
+/// Why the writer lock is taken: what its taker does first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// A write transaction: checkpoint slices, freeing and punching first.
+    Txn,
+    /// The same, in idle time (`idle.rs`), starting a checkpoint for any
+    /// retired space.
+    Idle,
+    /// Something else (compaction's reclaim, close): none of that.
+    Other,
+}
 
 impl Shared {
     /// `Poisoned` if a write or flush of this handle failed: what it left
@@ -39,6 +52,19 @@ impl Shared {
         wait: bool,
         for_txn: bool,
     ) -> Result<Option<(MutexGuard<'_, Writer>, Arc<Mapping>)>> {
+        self.idle.writing();
+        let r = self.take_writer(wait, if for_txn { Turn::Txn } else { Turn::Other });
+        if !matches!(r, Ok(Some(_))) {
+            self.idle.wrote();
+        }
+        r
+    }
+
+    fn take_writer(
+        &self,
+        wait: bool,
+        turn: Turn,
+    ) -> Result<Option<(MutexGuard<'_, Writer>, Arc<Mapping>)>> {
         if !self.writable() {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
@@ -57,7 +83,7 @@ impl Shared {
         if !self.lock(LockId::Writer, LockMode::Exclusive, wait)? {
             return Ok(None);
         }
-        match self.refresh_writer(&mut w, for_txn) {
+        match self.refresh_writer(&mut w, turn) {
             Ok(map) => Ok(Some((w, map))),
             Err(e) => {
                 let _ = self.lock(LockId::Writer, LockMode::Unlock, true);
@@ -66,17 +92,17 @@ impl Shared {
         }
     }
 
-    fn refresh_writer(&self, w: &mut Writer, for_txn: bool) -> Result<Arc<Mapping>> {
+    fn refresh_writer(&self, w: &mut Writer, turn: Turn) -> Result<Arc<Mapping>> {
         let (mut st, mut map) = self.snapshot()?;
         // Another handle held the lock since our last turn: it may have
         // written past the allocated area (a transaction it aborted, or
         // died in) without publishing anything.
-        let turn = live::writer_turn(&map);
-        let others = turn != w.next_turn;
+        let lock_turn = live::writer_turn(&map);
+        let others = lock_turn != w.next_turn;
         if others {
             w.tail = Tail::UNKNOWN;
         }
-        w.next_turn = turn.wrapping_add(1);
+        w.next_turn = lock_turn.wrapping_add(1);
         if st != w.state {
             // Another handle committed since we last wrote: our list of
             // unflushed ranges is stale, and it may have left its own.
@@ -91,10 +117,11 @@ impl Shared {
         st.meta_gen = meta.generation.get();
         st.meta_clean = meta.is_clean() as u64;
         self.adopt_orphan_commits(w, &mut map, &mut st, others)?;
-        if for_txn {
+        if turn != Turn::Other {
             // Checkpoint here, before the transaction writes anything: the
             // meta page then never names space the transaction hands out.
-            // Also when retired extents wait for one to be reused.
+            // Also when retired extents wait for one to be reused (any, in
+            // idle time).
             let log_due =
                 st.log_bytes - st.ckpt_log_bytes.min(st.log_bytes) >= CHECKPOINT_LOG_BYTES;
             let waiting: u64 = w
@@ -104,7 +131,8 @@ impl Shared {
                 .filter(|e| matches!(e.use_, Use::Retired { seq } if seq > st.ckpt_seq))
                 .map(|e| e.len)
                 .sum();
-            let space_due = waiting >= (st.file_len / 32).max(RECLAIM_CHECKPOINT_MIN);
+            let space_due = waiting >= (st.file_len / 32).max(RECLAIM_CHECKPOINT_MIN)
+                || (turn == Turn::Idle && waiting > 0);
             if w.fuzzy.is_none() && (log_due || space_due) {
                 w.fuzzy = Some(Fuzzy {
                     st,
@@ -112,14 +140,43 @@ impl Shared {
                     next: 0,
                 });
             }
-            if w.fuzzy.is_some() && self.checkpoint_slice(w, &map, &mut st)? {
+            let sliced = w.fuzzy.is_some();
+            if sliced && self.checkpoint_slice(w, &map, &mut st)? {
                 self.publish(w, &map, &mut st);
             }
-            self.release_retired(w, &st);
-            self.punch_some(w, PUNCH_PER_TXN);
+            let freed = self.release_retired(w, &st);
+            let punched = self.punch_some(w, PUNCH_PER_TXN);
+            w.chores_done = sliced || freed > 0 || punched > 0;
+            let waiting =
+                w.fuzzy.is_some() || !w.to_punch.is_empty() || w.space.oldest_retired().is_some();
+            self.idle.set_due(waiting);
         }
         w.state = st;
         Ok(map)
+    }
+
+    /// One turn of idle-time work (`idle.rs`): what the start of a write
+    /// transaction does (a checkpoint slice, freeing, punching), if the
+    /// writer lock is free. Returns false if it was not. A turn that
+    /// found nothing to do says so (`Idle::due`) before letting go.
+    pub(crate) fn idle_turn(&self) -> Result<bool> {
+        let Some((mut w, map)) = self.take_writer(false, Turn::Idle)? else {
+            return Ok(false);
+        };
+        if w.space_dirty {
+            // What it freed, for `stats()` and other processes' writers
+            // (a write transaction would publish it with its commit).
+            let mut st = w.state;
+            self.publish(&mut w, &map, &mut st);
+        }
+        self.faults.point(PausePoint::IdleTurn);
+        if !w.chores_done {
+            self.idle.set_due(false);
+        }
+        // (Not `end_writer`: this turn was never counted as writing.)
+        let _ = self.lock(LockId::Writer, LockMode::Unlock, true);
+        drop(w);
+        Ok(true)
     }
 
     /// Releases the cross-process writer lock (the mutex guard is dropped
@@ -128,5 +185,6 @@ impl Shared {
         // Unlocking cannot fail for a lock we hold; if it did, closing the
         // file releases it.
         let _ = self.lock(LockId::Writer, LockMode::Unlock, true);
+        self.idle.wrote();
     }
 }
