@@ -184,8 +184,10 @@ pub(crate) trait Backend: Send + Sync {
     /// length where free space was punched.
     fn allocated_bytes(&self) -> io::Result<u64>;
     /// Writes `data` at `off` (`pwrite` for a file). Callers hold the
-    /// writer lock, and the range is their own uncommitted log (rule 3):
-    /// no snapshot reaches it and nothing borrows it.
+    /// writer lock, and the range is their own uncommitted log (rule 3)
+    /// or an index table that no published state names yet (read by
+    /// nobody until the publish that names it, then only through atomics,
+    /// rule 1): no snapshot reaches it and nothing borrows it.
     fn write(&self, map: &Mapping, off: u64, data: &[u8]) -> io::Result<()>;
     /// Starts writing `[off, off + len)` out without waiting, so that a
     /// later flush of it finds less to do. A hint: nothing depends on it.
