@@ -109,7 +109,7 @@ impl Store {
         let shared = Arc::new(shared);
         let idle = idle && shared.writable();
         Store {
-            _idle: idle.then(|| start_idle(&shared)).flatten().map(Arc::new),
+            _idle: idle.then(|| Arc::new(start_idle(&shared))),
             shared,
         }
     }
@@ -253,7 +253,8 @@ impl Store {
     /// commit; see [`Options::auto_compact`]).
     ///
     /// Copies the newest version of every key out of each log extent with
-    /// dead bytes, in steps of at most 4 MiB (each its own commit), then
+    /// dead bytes, in steps of at most 1 MiB (each its own commit, and
+    /// other threads blocked on the writer lock get it between two), then
     /// moves live data down into free space below it; a checkpoint then
     /// lets the emptied extents be reused, as soon as no snapshot (in any
     /// process) still reads them. When this handle holds the store alone

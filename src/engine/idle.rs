@@ -14,7 +14,7 @@
 
 use super::Shared;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,15 @@ const RECHECK_MAX: Duration = Duration::from_millis(50);
 /// The part of the idle-time work that lives in [`Shared`].
 #[derive(Default)]
 pub(crate) struct Idle {
+    /// The store, for the thread to start with, once the handle is
+    /// enabled (`start`): the thread starts the first time work is due,
+    /// so a handle that never leaves any (a reader, a `kvctl get`) never
+    /// pays for a thread.
+    me: OnceLock<Weak<Shared>>,
     /// Work the idle thread could do is waiting (set by write
     /// transactions, cleared by the thread when a turn does nothing).
     due: AtomicBool,
-    /// Takers of the writer lock (other than this thread) that have not
+    /// Takers of the writer lock (other than the thread) that have not
     /// let go of it yet, and when one last began or ended, in ns after
     /// `epoch`: the writer is idle once none is active and that was
     /// `IDLE` ago. (A commit that runs longer than `IDLE` is not a gap.)
@@ -40,6 +45,7 @@ pub(crate) struct Idle {
     epoch: OnceLock<Instant>,
     stop: AtomicBool,
     thread: OnceLock<Thread>,
+    join: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Idle {
@@ -47,9 +53,13 @@ impl Idle {
         self.epoch.get_or_init(Instant::now).elapsed().as_nanos() as u64
     }
 
+    fn enabled(&self) -> bool {
+        self.me.get().is_some()
+    }
+
     /// A taker of the writer lock is about to take it.
     pub(crate) fn writing(&self) {
-        if self.thread.get().is_some() {
+        if self.enabled() {
             self.active.fetch_add(1, Ordering::AcqRel);
             self.last_write.store(self.now(), Ordering::Release);
         }
@@ -57,10 +67,9 @@ impl Idle {
 
     /// ... and has let go of it (or never got it).
     pub(crate) fn wrote(&self) {
-        if self.thread.get().is_some() {
+        if self.enabled() {
             self.last_write.store(self.now(), Ordering::Release);
-            // (Saturating: a handle whose thread started between the two
-            // calls counted nothing.)
+            // (Saturating, should a take before `start` end after it.)
             let _ = self
                 .active
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -79,50 +88,72 @@ impl Idle {
     }
 
     /// Whether idle-time work is waiting, as the taker of the writer lock
-    /// found it; wakes the thread if it just became so.
+    /// found it; wakes the thread if it just became so, starting it the
+    /// first time.
     pub(crate) fn set_due(&self, due: bool) {
-        let Some(t) = self.thread.get() else {
-            return;
-        };
         if !due {
             self.due.store(false, Ordering::Release);
-        } else if !self.due.swap(true, Ordering::AcqRel) {
-            t.unpark();
+            return;
+        }
+        if self.due.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.thread.get() {
+            Some(t) => t.unpark(),
+            None => self.spawn(),
+        }
+    }
+
+    fn spawn(&self) {
+        let Some(me) = self.me.get() else {
+            return;
+        };
+        let mut join = self.join.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stop.load(Ordering::Acquire) || self.thread.get().is_some() {
+            return;
+        }
+        let weak = me.clone();
+        // A thread that cannot start leaves the work to write
+        // transactions, as with `idle_work(false)`.
+        if let Ok(t) = std::thread::Builder::new()
+            .name("mapkv-idle".into())
+            .spawn(move || run(weak))
+        {
+            let _ = self.thread.set(t.thread().clone());
+            *join = Some(t);
         }
     }
 }
 
 /// Stops and joins the idle thread when the last clone of a `Store`
 /// drops, before that `Store`'s reference to [`Shared`] goes: the store
-/// then closes in the thread that drops it, never later in this one.
+/// then closes in the thread that drops it, never later in the idle one.
 pub(crate) struct IdleGuard {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for IdleGuard {
     fn drop(&mut self) {
-        self.shared.idle.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
+        let idle = &self.shared.idle;
+        let thread = {
+            let mut join = idle.join.lock().unwrap_or_else(|e| e.into_inner());
+            idle.stop.store(true, Ordering::Release);
+            join.take()
+        };
+        if let Some(t) = thread {
             t.thread().unpark();
             let _ = t.join();
         }
     }
 }
 
-/// Starts the idle thread of `shared`. `None` if the thread cannot be
-/// started: the work is then done by write transactions, as always.
-pub(crate) fn start(shared: &Arc<Shared>) -> Option<IdleGuard> {
-    let weak = Arc::downgrade(shared);
-    let thread = std::thread::Builder::new()
-        .name("mapkv-idle".into())
-        .spawn(move || run(weak))
-        .ok()?;
-    let _ = shared.idle.thread.set(thread.thread().clone());
-    Some(IdleGuard {
+/// Enables idle-time work for `shared`: its thread starts when work is
+/// first due. The guard goes in the `Store`.
+pub(crate) fn start(shared: &Arc<Shared>) -> IdleGuard {
+    let _ = shared.idle.me.set(Arc::downgrade(shared));
+    IdleGuard {
         shared: shared.clone(),
-        thread: Some(thread),
-    })
+    }
 }
 
 fn run(weak: Weak<Shared>) {
