@@ -15,6 +15,17 @@ impl<'s> WriteTxn<'s> {
     /// full, a next record (always kept room for) moves the log to a new
     /// extent. On `ENOSPC` nothing was written.
     pub(super) fn reserve(&mut self, size: u64) -> Result<u64> {
+        if self.base.meta_clean != 0 {
+            // The first record after a clean close (or a creation): say,
+            // on disk, that the index may change (commit step 0) now,
+            // while nothing else is dirty. At the commit of a bulk load
+            // that one-page flush waited for the file system's journal,
+            // and with it for the load's data (0.14-0.17 s of a 0.55 s
+            // load of 1M keys). An empty transaction still leaves the
+            // store clean.
+            self.shared
+                .meta_dirty_on_disk(&mut self.w, &self.map, &mut self.base)?;
+        }
         self.room(size)?;
         let pos = self.cur.pos;
         self.cur.pos += size;
