@@ -180,7 +180,7 @@ impl Options {
     /// (the checkpoint of an index it dirtied, freeing and punching the
     /// extents it retired) in a thread of its own while no write
     /// transaction has begun for 2 ms (default `true`; `false` if
-    /// [`faults`](Self::faults) are given, so injected failures and pause
+    /// `faults` are given (feature `testing`), so injected failures and pause
     /// points meet only the caller's threads). The thread never waits for
     /// the writer lock; a commit that arrives while it holds it waits for
     /// one slice of that work at most (~1-3 ms), which the commit would
