@@ -178,10 +178,11 @@ impl Options {
 
     /// Whether a read-write handle does the work a burst leaves behind
     /// (the checkpoint of an index it dirtied, freeing and punching the
-    /// extents it retired) in a thread of its own while no write
-    /// transaction has begun for 2 ms (default `true`; `false` if
-    /// `faults` are given (feature `testing`), so injected failures and pause
-    /// points meet only the caller's threads). The thread never waits for
+    /// extents it retired) in a thread of its own, once nobody has held
+    /// the writer lock for 2 ms (default `true`; `false` if `faults` are
+    /// given (feature `testing`), so injected failures and pause points
+    /// meet only the caller's threads). The thread starts the first time
+    /// a write transaction leaves such work. It never waits for
     /// the writer lock; a commit that arrives while it holds it waits for
     /// one slice of that work at most (~1-3 ms), which the commit would
     /// otherwise have done itself. With `false`, write transactions do
