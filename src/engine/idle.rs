@@ -15,7 +15,7 @@
 use super::Shared;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The writer counts as idle once no write transaction has begun for this
@@ -44,8 +44,8 @@ pub(crate) struct Idle {
     last_write: AtomicU64,
     epoch: OnceLock<Instant>,
     stop: AtomicBool,
-    thread: OnceLock<Thread>,
-    join: Mutex<Option<JoinHandle<()>>>,
+    /// The thread, once started (taken by the guard that stops it).
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Idle {
@@ -98,29 +98,20 @@ impl Idle {
         if self.due.swap(true, Ordering::AcqRel) {
             return;
         }
-        match self.thread.get() {
-            Some(t) => t.unpark(),
-            None => self.spawn(),
-        }
-    }
-
-    fn spawn(&self) {
         let Some(me) = self.me.get() else {
             return;
         };
-        let mut join = self.join.lock().unwrap_or_else(|e| e.into_inner());
-        if self.stop.load(Ordering::Acquire) || self.thread.get().is_some() {
-            return;
-        }
-        let weak = me.clone();
-        // A thread that cannot start leaves the work to write
-        // transactions, as with `idle_work(false)`.
-        if let Ok(t) = std::thread::Builder::new()
-            .name("mapkv-idle".into())
-            .spawn(move || run(weak))
-        {
-            let _ = self.thread.set(t.thread().clone());
-            *join = Some(t);
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = thread.as_ref() {
+            t.thread().unpark();
+        } else if !self.stop.load(Ordering::Acquire) {
+            let weak = me.clone();
+            // A thread that cannot start leaves the work to write
+            // transactions, as with `idle_work(false)`.
+            *thread = std::thread::Builder::new()
+                .name("mapkv-idle".into())
+                .spawn(move || run(weak))
+                .ok();
         }
     }
 }
@@ -136,9 +127,9 @@ impl Drop for IdleGuard {
     fn drop(&mut self) {
         let idle = &self.shared.idle;
         let thread = {
-            let mut join = idle.join.lock().unwrap_or_else(|e| e.into_inner());
+            let mut thread = idle.thread.lock().unwrap_or_else(|e| e.into_inner());
             idle.stop.store(true, Ordering::Release);
-            join.take()
+            thread.take()
         };
         if let Some(t) = thread {
             t.thread().unpark();
