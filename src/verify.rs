@@ -270,10 +270,9 @@ pub(crate) fn verify(shared: &Shared, map: &Mapping, st: &State) -> VerifyReport
     // lands, and the keys it resolves to add up to the key count. While
     // the index moves, a key of the old table counts if the new one does
     // not have it.
-    let tables = [Some(st.table()), st.old_table()];
     let fence = st.fence();
     let recs = Fenced { map, fence };
-    for (n, table) in tables.into_iter().flatten().enumerate() {
+    for (n, table) in st.tables().enumerate() {
         for i in 0..table.cap() {
             let v = table.load(map, i);
             let slot_off = table.slot_off(i);

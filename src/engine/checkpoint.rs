@@ -89,27 +89,17 @@ impl Shared {
     /// each held the lock ~0.1 s while commits beside it waited.
     pub(crate) fn flush_in_slices(&self) -> Result<()> {
         let mut off = 0;
-        loop {
-            let Some((mut w, map)) = self.begin_writer(true, false)? else {
-                unreachable!("a waiting begin_writer always gets the lock");
-            };
+        self.in_turns(|w, map| {
             let st = w.state;
             let end = st.alloc_end.min(map.len());
-            let next = slice_end(off, end, [st.table()].iter().chain(st.old_table().as_ref()));
-            let r = if off < next {
-                self.flush(&mut w, &map, off, next - off)
-            } else {
-                Ok(())
-            };
-            self.end_writer();
-            drop(w);
-            r?;
-            if next >= end {
-                return Ok(());
+            let tables: Vec<Table> = st.tables().collect();
+            let next = slice_end(off, end, &tables);
+            if off < next {
+                self.flush(w, map, off, next - off)?;
             }
             off = next;
-            self.yield_writer();
-        }
+            Ok(next < end)
+        })
     }
 
     /// One step of a fuzzy checkpoint: flushes the next slice of the file;
@@ -125,17 +115,12 @@ impl Shared {
         let Some(f) = w.fuzzy.as_mut() else {
             return Ok(false);
         };
-        let tables = [
-            Some(st.table()),
-            st.old_table(),
-            Some(f.st.table()),
-            f.st.old_table(),
-        ];
+        let tables: Vec<Table> = st.tables().chain(f.st.tables()).collect();
         // Everything `f.st` names lies below its allocation end; past it,
         // prepared space may wait dirty for its table (`prepare_ahead`).
         let end = f.st.alloc_end.min(map.len());
         let off = f.next.min(end);
-        let next = slice_end(off, end, tables.iter().flatten());
+        let next = slice_end(off, end, &tables);
         f.next = next;
         let done = next >= end;
         self.flush(w, map, off, next - off)?;

@@ -26,6 +26,12 @@ impl State {
         })
     }
 
+    /// The index tables this state names: the table, then the one it is
+    /// moving from while a move lasts.
+    pub(crate) fn tables(&self) -> impl Iterator<Item = Table> {
+        [Some(self.table()), self.old_table()].into_iter().flatten()
+    }
+
     /// What no record of this state can overlap: the fixed pages and its
     /// index tables. Offsets from the file are checked against it before
     /// any byte there is borrowed.

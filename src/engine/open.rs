@@ -295,11 +295,7 @@ impl Shared {
         if map.resident(t.off) {
             return;
         }
-        let mut ranges: Vec<(u64, u64)> = [Some(t), st.old_table()]
-            .into_iter()
-            .flatten()
-            .map(|t| (t.off, t.bytes()))
-            .collect();
+        let mut ranges: Vec<(u64, u64)> = st.tables().map(|t| (t.off, t.bytes())).collect();
         if crate::sys::mem_available().is_some_and(|m| st.file_len <= m / 4) {
             ranges.push((DATA_START, st.file_len.saturating_sub(DATA_START)));
         }

@@ -89,7 +89,7 @@ impl Shared {
         key: &[u8],
     ) -> Result<Option<Record>> {
         let hash = hash_key(self.seed, key);
-        for table in [Some(st.table()), st.old_table()].into_iter().flatten() {
+        for table in st.tables() {
             if let Probe::Found { head, .. } = table
                 .probe(map, recs, hash, key)
                 .map_err(|b| self.bad_slot(b))?

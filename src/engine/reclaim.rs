@@ -167,19 +167,10 @@ impl Shared {
     /// between: a `compact()` that freed 143 MB had held the lock for the
     /// whole punch (~1 ms per MiB).
     fn punch_queued(&self) -> Result<()> {
-        loop {
-            let Some((mut w, _)) = self.begin_writer(true, false)? else {
-                unreachable!("a waiting begin_writer always gets the lock");
-            };
-            self.punch_some(&mut w, PUNCH_SLICE);
-            let more = !w.to_punch.is_empty();
-            self.end_writer();
-            drop(w);
-            if !more {
-                return Ok(());
-            }
-            self.yield_writer();
-        }
+        self.in_turns(|w, _| {
+            self.punch_some(w, PUNCH_SLICE);
+            Ok(!w.to_punch.is_empty())
+        })
     }
 
     /// Moves the index table down into the lowest free range that holds

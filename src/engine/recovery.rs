@@ -159,15 +159,12 @@ impl Shared {
         space: &Space,
         recovered: &HashSet<u64>,
     ) -> bool {
-        [Some(ckpt.table()), ckpt.old_table()]
-            .into_iter()
-            .flatten()
-            .any(|table| {
-                (0..table.cap()).any(|i| {
-                    let v = table.load(map, i);
-                    slot_names_record(v) && !record_survives(ckpt, space, recovered, slot_offset(v))
-                })
+        ckpt.tables().any(|table| {
+            (0..table.cap()).any(|i| {
+                let v = table.load(map, i);
+                slot_names_record(v) && !record_survives(ckpt, space, recovered, slot_offset(v))
             })
+        })
     }
 
     /// Rebuilds the index from the log into a fresh table, then
@@ -228,10 +225,7 @@ impl Shared {
         self.settle(&mut w, &map, &mut st, &mut space, &commits)?;
         // The checkpoint's tables become free once the new checkpoint is
         // written (they are unlisted until then, so nothing lands there).
-        let old_tables: Vec<Table> = [Some(st.table()), st.old_table()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let old_tables: Vec<Table> = st.tables().collect();
         st.index_off = self.allocate(
             &mut map,
             &mut st,
@@ -296,10 +290,7 @@ impl Shared {
         ckpt_live: &HashMap<u64, u64>,
         newest: HashMap<&[u8], Record>,
     ) -> Vec<Record> {
-        let tables: Vec<Table> = [Some(ckpt.table()), ckpt.old_table()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let tables: Vec<Table> = ckpt.tables().collect();
         let fence = ckpt.fence();
         let ckpt_seq = ckpt.seq;
         let extent_of = |off: u64| space.find(off).map(|i| space.list[i].off);

@@ -155,6 +155,29 @@ impl Shared {
         Ok(map)
     }
 
+    /// Does a long job a turn at a time: each turn takes the writer lock
+    /// (waiting for it), runs `turn`, lets go, and lets the threads of
+    /// this process blocked on the lock have it before the next
+    /// ([`yield_writer`](Self::yield_writer)), until `turn` says it is
+    /// done (`false`) or fails.
+    pub(crate) fn in_turns(
+        &self,
+        mut turn: impl FnMut(&mut Writer, &Mapping) -> Result<bool>,
+    ) -> Result<()> {
+        loop {
+            let Some((mut w, map)) = self.begin_writer(true, false)? else {
+                unreachable!("a waiting begin_writer always gets the lock");
+            };
+            let more = turn(&mut w, &map);
+            self.end_writer();
+            drop(w);
+            if !more? {
+                return Ok(());
+            }
+            self.yield_writer();
+        }
+    }
+
     /// One turn of idle-time work (`idle.rs`): what the start of a write
     /// transaction does (a checkpoint slice, freeing, punching), if the
     /// writer lock is free. Returns false if it was not. A turn that
