@@ -317,6 +317,14 @@ impl Store {
                 + 2 * report.bytes_before / COMPACT_STEP
                 + report.bytes_before / (28 * crate::format::MAX_FORGET as u64);
             let relocate = matches!(choose, Choose::Relocate);
+            if relocate && !self.shared.may_shrink() {
+                // Moving live data down only lets the end of the file be
+                // cut, which needs the store alone; shared, the freed
+                // space is punched wherever it lies. The pass copied a
+                // third of all `compact()` copied after a delete wave
+                // (292,000 of 823,000 records), for nothing.
+                continue;
+            }
             if pass > 0 {
                 // A checkpoint, then what the last pass retired is freed
                 // (and punched): the next one copies into it.

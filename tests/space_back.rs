@@ -90,6 +90,71 @@ fn compaction_gives_blocks_back_while_another_handle_maps_the_file() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// Keys `from..to` with 1 KiB values, in commits of 500.
+fn fill_range(store: &Store, from: u32, to: u32) {
+    for chunk in (from..to).collect::<Vec<_>>().chunks(500) {
+        let mut tx = store.begin_write().unwrap();
+        for &i in chunk {
+            tx.put(key(i), [7u8; 1024]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
+
+#[test]
+fn shared_compact_moves_no_live_data_down_that_it_could_not_cut_off() {
+    // The first 20,000 keys fill extents that their deletion leaves wholly
+    // dead, below extents whose 20,000 keys all live: nothing to copy
+    // out of dead space, but live data that could move down into it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.kv");
+    let open = || {
+        Options::new()
+            .durability(Durability::Eventual)
+            .auto_compact(false)
+            .open(&path)
+            .unwrap()
+    };
+    let store = open();
+    fill_range(&store, 0, 20_000);
+    fill_range(&store, 20_000, 40_000);
+    let mut tx = store.begin_write().unwrap();
+    for i in 0..20_000 {
+        tx.delete(key(i)).unwrap();
+    }
+    tx.commit().unwrap();
+    store.close().unwrap();
+    let copy = dir.path().join("alone.kv");
+    std::fs::copy(&path, &copy).unwrap();
+
+    // Shared: the dead extents are freed and punched; only the extent
+    // where the two ranges meet (part dead, part live) is copied. Moving
+    // the live extents down would gain nothing: the file cannot be cut.
+    let store = open();
+    let other = Store::open(&path).unwrap();
+    let before = store.stats().unwrap();
+    let shared = store.compact().unwrap();
+    let after = store.stats().unwrap();
+    assert!(shared.records_moved < 4_000, "{shared:?}");
+    assert!(after.file_bytes >= before.file_bytes);
+    assert!(
+        after.allocated_bytes + (16 << 20) < before.allocated_bytes,
+        "the dead extents' blocks did not come back: {before:?} -> {after:?}"
+    );
+    drop(other);
+    assert_eq!(store.get(key(39_999)).unwrap(), Some(vec![7u8; 1024]));
+    assert_eq!(store.get(key(0)).unwrap(), None);
+    assert!(store.verify().unwrap().is_ok());
+
+    // Alone, the same store moves its live data down and is cut.
+    let alone = Store::open(&copy).unwrap();
+    let report = alone.compact().unwrap();
+    assert!(report.records_moved > 15_000, "{report:?}");
+    assert!(report.bytes_after < before.file_bytes * 2 / 3, "{report:?}");
+    assert_eq!(alone.get(key(39_999)).unwrap(), Some(vec![7u8; 1024]));
+    assert!(alone.verify().unwrap().is_ok());
+}
+
 #[test]
 fn reusing_punched_space_on_a_full_disk_is_an_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -173,6 +173,13 @@ impl Shared {
         })
     }
 
+    /// Whether `reclaim(true)` could cut the file now: no other handle,
+    /// in any process, has the store open. (A hint: one may open or close
+    /// before then; `reclaim` takes the lock that decides.)
+    pub(crate) fn may_shrink(&self) -> bool {
+        !self.backend.held_by_others(LockId::Open).unwrap_or(true)
+    }
+
     /// Moves the index table down into the lowest free range that holds
     /// it, if there is one below it (so the end of the file can be cut).
     /// A copy of the slots, word by word: same size, same positions. The
