@@ -331,12 +331,24 @@ impl Shared {
     }
 
     fn copy_live(&self, len: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len as usize);
-        for w in &self.buf[..len.div_ceil(8) as usize] {
-            out.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
-        }
-        out.truncate(len as usize);
+        let mut out = vec![0; len as usize];
+        load_words(&self.buf[..len.div_ceil(8) as usize], &mut out);
         out
+    }
+}
+
+/// Copies `words` (little-endian, each loaded atomically) into `out`, which
+/// is at most `8 * words.len()` bytes long; the last word may be cut short.
+fn load_words(words: &[AtomicU64], out: &mut [u8]) {
+    let full = out.len() / 8;
+    let mut chunks = out.chunks_exact_mut(8);
+    for (dst, w) in (&mut chunks).zip(words) {
+        dst.copy_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    if let Some(w) = words.get(full) {
+        let n = rest.len();
+        rest.copy_from_slice(&w.load(Ordering::Acquire).to_le_bytes()[..n]);
     }
 }
 
@@ -499,13 +511,37 @@ impl Backend for SimHandle {
             // Word by word, atomically, from the buffer behind the map:
             // readers in other threads may be writing reader-table words
             // of the same pages.
-            let words = &self.shared.buf[(start / 8) as usize..end.div_ceil(8) as usize];
-            let mut tmp = Vec::with_capacity(words.len() * 8);
-            for w in words {
-                tmp.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+            // The data area in one copy when this handle holds the writer
+            // lock (every engine flush does): under the fuzzers' coverage
+            // instrumentation, copying it a word at a time was three
+            // quarters of the `ops` target's time.
+            let writer = st
+                .locks
+                .get(&LockId::Writer)
+                .is_some_and(|hs| hs.iter().any(|(h, _)| *h == self.id));
+            let split = if writer {
+                start.max(crate::format::DATA_START).min(end)
+            } else {
+                end
+            };
+            let words = &self.shared.buf[(start / 8) as usize..split.div_ceil(8) as usize];
+            load_words(words, &mut st.durable[start as usize..split as usize]);
+            let rest = &mut st.durable[split as usize..end as usize];
+            // SAFETY: `[split, end)` lies inside the buffer (`end` is at most
+            // the disk's length, which the buffer holds) and does not overlap
+            // `durable`, a separate allocation. It is past `DATA_START`: log
+            // records and index slots, which only the holder of the writer
+            // lock writes, and this handle holds it (checked above) with the
+            // engine's writer mutex, whose holder is the caller of `flush`,
+            // blocked here. Other threads and handles only load these words
+            // meanwhile; a plain read beside atomic reads is no data race.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.shared.base().add(split as usize),
+                    rest.as_mut_ptr(),
+                    rest.len(),
+                );
             }
-            st.durable[start as usize..end as usize]
-                .copy_from_slice(&tmp[..(end - start) as usize]);
             // Flushed whole pages: their sectors' histories start over.
             if let Some(v) = &mut st.versions {
                 v.retain(|&off, _| off < start || off >= end);
