@@ -509,9 +509,6 @@ impl Backend for SimHandle {
             .min(st.len)
             .min(map.len());
         if start < end {
-            // Word by word, atomically, from the buffer behind the map:
-            // readers in other threads may be writing reader-table words
-            // of the same pages.
             // In bulk where only the holder of the writer lock writes, when
             // this handle holds it (every engine flush does): under the
             // fuzzers' coverage instrumentation, copying the file a word at
