@@ -405,6 +405,11 @@ fn main() -> Res<()> {
         ("  commit p99", "compacting_p99_us", Unit::Micros),
         ("  commit max", "compacting_max_us", Unit::Micros),
         (
+            "  disk held ÷ live after it (alone: the file is cut)",
+            "compacted_alloc_ratio",
+            Unit::Ratio,
+        ),
+        (
             "open of the loaded store (+ one get)",
             "open_ms",
             Unit::Millis,

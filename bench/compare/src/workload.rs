@@ -199,8 +199,9 @@ fn beside<E: Engine>(e: &E, live: &[u32]) -> Res<()> {
 }
 
 /// One-put durable commits while another thread compacts the store
-/// (engines that can): their p50, p99 and max.
-fn while_compacting<E: Engine>(e: &E, live: &[u32]) -> Res<()> {
+/// (engines that can): their p50, p99 and max. Returns whether the engine
+/// compacted.
+fn while_compacting<E: Engine>(e: &E, live: &[u32]) -> Res<bool> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let done = AtomicBool::new(false);
     let mut us = Vec::new();
@@ -226,7 +227,7 @@ fn while_compacting<E: Engine>(e: &E, live: &[u32]) -> Res<()> {
         emit("compacting_p99_us", percentile(&mut us, 0.99));
         emit("compacting_max_us", max);
     }
-    Ok(())
+    Ok(compacted)
 }
 
 fn file_bytes<E: Engine>(dir: &Path) -> u64 {
@@ -439,7 +440,12 @@ pub fn run<E: Engine>(dir: &Path, n: usize) -> Res<()> {
         file_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2 + back.len()),
     );
     beside::<E>(&e, &del[n / 2..])?;
-    while_compacting::<E>(&e, &del[n / 2..])?;
+    if while_compacting::<E>(&e, &del[n / 2..])? {
+        emit(
+            "compacted_alloc_ratio",
+            alloc_bytes::<E>(&d) as f64 / raw_bytes(n - n / 2 + back.len()),
+        );
+    }
     batches("delete_rest", &e, &d, &del[..], None)?;
     check("pairs after delete", e.scan()?.0, 0)?;
     drop(e);
