@@ -332,6 +332,7 @@ fn a_backup_equals_its_snapshot_though_commits_and_compact_run_during_its_copy()
         .map(|v| u64::from_le_bytes(v[..].try_into().unwrap()))
         .sum();
     let seq0 = store.begin_read().unwrap().seq();
+    let reclaimed0 = store.stats().unwrap().reclaimed_total;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (mut during, mut compacted) = (None, None);
     let report = std::thread::scope(|s| {
@@ -371,7 +372,7 @@ fn a_backup_equals_its_snapshot_though_commits_and_compact_run_during_its_copy()
                     tx.commit().unwrap();
                 }
                 // Rewrite every account (the same totals): the first
-                // extents go dead, and compact() has work.
+                // extents go dead, and compaction has work.
                 for chunk in (0..ACCOUNTS).collect::<Vec<_>>().chunks(5_000) {
                     let mut tx = store.begin_write().unwrap();
                     for &i in chunk {
@@ -394,9 +395,13 @@ fn a_backup_equals_its_snapshot_though_commits_and_compact_run_during_its_copy()
         "the backup's snapshot is the state it began at"
     );
     assert!(during > seq0 + 200, "the writer committed during the copy");
+    // Extents the snapshot reads were retired during the copy: by the
+    // rewrite's own compaction (`compact()` leaves alone extents newer
+    // than the oldest snapshot, the backup's), or by `compact()`.
+    let retired = store.stats().unwrap().reclaimed_total - reclaimed0;
     assert!(
-        compacted.records_moved + compacted.bytes_retired > 0,
-        "{compacted:?}"
+        retired + compacted.bytes_retired > 0,
+        "nothing retired during the copy: {compacted:?}"
     );
     let copy = Store::open(dir.path().join("copy.kv")).unwrap();
     assert!(copy.verify().unwrap().is_ok());
@@ -549,6 +554,138 @@ fn compact_after_mass_deletes_moves_the_index_and_packs_the_file() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// Deleting half the keys leaves the index twice the size they need: too
+/// few deleted keys for commits to move it (they would pay for the move),
+/// but `compact()` was asked for the space and moves it to a table half
+/// the size, which it finishes in its next step.
+#[test]
+fn compact_moves_an_index_twice_too_big_to_a_table_half_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Options::new()
+        .auto_compact(false)
+        .durability(mapkv::Durability::Eventual)
+        .open(dir.path().join("h.kv"))
+        .unwrap();
+    // 25,000 keys: the table grew to 65,536 slots at 24,576 (3/4 of
+    // 32,768); the second round lets its move finish.
+    overwrite_in(&store, 25_000, 60, 1, 5_000);
+    overwrite_in(&store, 25_000, 60, 1, 5_000);
+    // A snapshot from before the deletes reads the table it began with.
+    let old = store.begin_read().unwrap();
+    let mut tx = store.begin_write().unwrap();
+    for i in (0..25_000).filter(|i| i % 2 == 1) {
+        assert!(tx.delete(key(i)).unwrap());
+    }
+    tx.commit().unwrap();
+    let before = store.stats().unwrap();
+    assert_eq!(before.index_moving, 0, "setup: the deletes moved the index");
+    assert!(
+        before.index_slots >= 4 * before.keys,
+        "setup: the table is not twice too big {before:?}"
+    );
+    store.compact().unwrap();
+    let after = store.stats().unwrap();
+    assert_eq!(after.index_slots, before.index_slots / 2, "{after:?}");
+    assert_eq!(after.index_moving, 0, "the move was left unfinished");
+    assert_eq!(
+        after.index_used, after.keys,
+        "deleted keys kept their slots"
+    );
+    for i in 0..25_000 {
+        assert_eq!(
+            old.get(key(i)).unwrap(),
+            Some(&[1u8; 60][..]),
+            "old snapshot, key {i}"
+        );
+    }
+    drop(old);
+    let snap = store.begin_read().unwrap();
+    assert_eq!(snap.len(), 12_500);
+    for i in 0..25_000 {
+        let want = (i % 2 == 0).then_some(&[1u8; 60][..]);
+        assert_eq!(snap.get(key(i)).unwrap(), want, "key {i}");
+    }
+    drop(snap);
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+/// Deletes compaction may not forget (a snapshot from before them is open)
+/// count as dead, so the extents holding their copies look dead too.
+/// Compaction chose those again and again: `compact()` copied 65x the
+/// live bytes and grew the file 11x, automatic compaction beside a
+/// long-lived snapshot copied 60x more than it does now. It now leaves
+/// alone extents newer than the oldest snapshot (what it would retire
+/// there is not freed before that snapshot ends anyway).
+#[test]
+fn compaction_beside_an_old_snapshot_does_not_copy_its_own_copies_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Options::new()
+        .auto_compact(false)
+        .durability(mapkv::Durability::Eventual)
+        .open(dir.path().join("o.kv"))
+        .unwrap();
+    overwrite_in(&store, 40_000, 60, 1, 5_000);
+    overwrite_in(&store, 40_000, 60, 2, 5_000);
+    let old = store.begin_read().unwrap();
+    let mut tx = store.begin_write().unwrap();
+    for i in (0..40_000).filter(|i| i % 2 == 1) {
+        assert!(tx.delete(key(i)).unwrap());
+    }
+    tx.commit().unwrap();
+    let before = store.stats().unwrap();
+    let report = store.compact().unwrap();
+    let after = store.stats().unwrap();
+    // At most one copy of each record of the log as it was.
+    assert!(
+        report.bytes_moved <= before.log_extent_bytes,
+        "{report:?} {before:?}"
+    );
+    assert!(after.file_bytes <= 2 * before.file_bytes, "{after:?}");
+    for i in 0..40_000 {
+        assert_eq!(old.get(key(i)).unwrap(), Some(&[2u8; 60][..]), "key {i}");
+    }
+    drop(old);
+    // The snapshot gone, the next compaction packs the store.
+    let report = store.compact().unwrap();
+    let packed = store.stats().unwrap();
+    assert!(
+        packed.file_bytes < before.file_bytes / 2,
+        "{report:?} {packed:?}"
+    );
+    assert_eq!(store.begin_read().unwrap().len(), 20_000);
+    assert!(store.verify().unwrap().is_ok());
+
+    // Automatic compaction, rounds of deletes and puts beside a snapshot
+    // that lives through all of them.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Options::new()
+        .durability(mapkv::Durability::Eventual)
+        .open(dir.path().join("a.kv"))
+        .unwrap();
+    overwrite_in(&store, 40_000, 60, 1, 5_000);
+    let old = store.begin_read().unwrap();
+    let start = store.stats().unwrap();
+    for round in 0..10u8 {
+        let mut tx = store.begin_write().unwrap();
+        for i in (0..40_000).filter(|i| i % 2 == (round % 2) as u32) {
+            tx.delete(key(i)).unwrap();
+        }
+        tx.commit().unwrap();
+        overwrite_in(&store, 40_000, 60, round, 5_000);
+    }
+    let end = store.stats().unwrap();
+    let written = end.log_bytes - start.log_bytes;
+    assert!(
+        (end.moved_total - start.moved_total) * 10 < written,
+        "compaction copied {} bytes beside {written} written: {end:?}",
+        end.moved_total - start.moved_total
+    );
+    assert_eq!(old.get(key(1)).unwrap(), Some(&[1u8; 60][..]));
+    drop(old);
+    assert!(store.verify().unwrap().is_ok());
+}
+
 /// Like `overwrite`, in commits of `batch`.
 fn overwrite_in(store: &Store, keys: u32, len: usize, round: u8, batch: usize) {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(batch) {
@@ -692,8 +829,9 @@ fn changes_since_beside_compaction_lists_every_change_or_says_reclaimed() {
 
 /// A delete that the index names and that no open snapshot can see past
 /// is forgotten by compaction (its key's slot marked forgotten), not
-/// copied; while a snapshot from before the deletes is open, every delete
-/// is copied and that snapshot still reads the values they deleted.
+/// copied; while a snapshot from before the deletes is open, compaction
+/// leaves their extents alone (newer than that snapshot), forgets none,
+/// and that snapshot still reads the values they deleted.
 #[test]
 fn compaction_forgets_the_deletes_no_snapshot_can_see_past() {
     let dir = tempfile::tempdir().unwrap();
@@ -729,7 +867,6 @@ fn compaction_forgets_the_deletes_no_snapshot_can_see_past() {
         );
     }
     assert_eq!(held.deletes_forgotten, 0, "{held:?}");
-    assert!(held.records_moved >= 10_000, "{held:?}");
     drop(before_deletes);
     let after_deletes = store.begin_read().unwrap();
     let log_before = store.stats().unwrap().log_bytes;

@@ -96,7 +96,10 @@ impl<'s> WriteTxn<'s> {
         if self.index_prepared {
             return Ok(());
         }
-        if let Some(mv) = self.shared.index_move_needed(&self.base, self.fresh_keys)? {
+        let wanted = self
+            .shared
+            .index_move_needed(&self.base, self.fresh_keys, self.no_auto)?;
+        if let Some(mv) = wanted {
             let mut space = std::mem::take(self.space_mut());
             let got = self.shared.index_table(
                 &mut self.map,

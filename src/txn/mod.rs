@@ -115,7 +115,8 @@ pub struct WriteTxn<'s> {
     /// A step of `compact()`: no automatic compaction at commit, and an
     /// `Eventual` commit starts writing its bytes back at once, so the
     /// next durable commit (maybe another thread's, waiting for the lock)
-    /// does not find megabytes of copies to flush.
+    /// does not find megabytes of copies to flush; and the index moves to
+    /// a smaller table once it is twice what the keys need.
     pub(crate) no_auto: bool,
     /// Step 1 ran: the index move this commit starts, if any (its new
     /// table's offset).
