@@ -561,22 +561,14 @@ fn compact_after_mass_deletes_moves_the_index_and_packs_the_file() {
 #[test]
 fn compact_moves_an_index_twice_too_big_to_a_table_half_the_size() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Options::new()
-        .auto_compact(false)
-        .durability(mapkv::Durability::Eventual)
-        .open(dir.path().join("h.kv"))
-        .unwrap();
+    let store = compact_by_hand(&dir.path().join("h.kv"));
     // 25,000 keys: the table grew to 65,536 slots at 24,576 (3/4 of
     // 32,768); the second round lets its move finish.
     overwrite_in(&store, 25_000, 60, 1, 5_000);
     overwrite_in(&store, 25_000, 60, 1, 5_000);
     // A snapshot from before the deletes reads the table it began with.
     let old = store.begin_read().unwrap();
-    let mut tx = store.begin_write().unwrap();
-    for i in (0..25_000).filter(|i| i % 2 == 1) {
-        assert!(tx.delete(key(i)).unwrap());
-    }
-    tx.commit().unwrap();
+    delete_odd(&store, 25_000);
     let before = store.stats().unwrap();
     assert_eq!(before.index_moving, 0, "setup: the deletes moved the index");
     assert!(
@@ -620,19 +612,11 @@ fn compact_moves_an_index_twice_too_big_to_a_table_half_the_size() {
 #[test]
 fn compaction_beside_an_old_snapshot_does_not_copy_its_own_copies_again() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Options::new()
-        .auto_compact(false)
-        .durability(mapkv::Durability::Eventual)
-        .open(dir.path().join("o.kv"))
-        .unwrap();
+    let store = compact_by_hand(&dir.path().join("o.kv"));
     overwrite_in(&store, 40_000, 60, 1, 5_000);
     overwrite_in(&store, 40_000, 60, 2, 5_000);
     let old = store.begin_read().unwrap();
-    let mut tx = store.begin_write().unwrap();
-    for i in (0..40_000).filter(|i| i % 2 == 1) {
-        assert!(tx.delete(key(i)).unwrap());
-    }
-    tx.commit().unwrap();
+    delete_odd(&store, 40_000);
     let before = store.stats().unwrap();
     let report = store.compact().unwrap();
     let after = store.stats().unwrap();
@@ -684,6 +668,24 @@ fn compaction_beside_an_old_snapshot_does_not_copy_its_own_copies_again() {
     assert_eq!(old.get(key(1)).unwrap(), Some(&[1u8; 60][..]));
     drop(old);
     assert!(store.verify().unwrap().is_ok());
+}
+
+/// A store that compacts only when asked, with `Eventual` commits.
+fn compact_by_hand(path: &std::path::Path) -> Store {
+    Options::new()
+        .auto_compact(false)
+        .durability(mapkv::Durability::Eventual)
+        .open(path)
+        .unwrap()
+}
+
+/// Deletes the odd keys below `keys`, in one commit.
+fn delete_odd(store: &Store, keys: u32) {
+    let mut tx = store.begin_write().unwrap();
+    for i in (0..keys).filter(|i| i % 2 == 1) {
+        assert!(tx.delete(key(i)).unwrap());
+    }
+    tx.commit().unwrap();
 }
 
 /// Like `overwrite`, in commits of `batch`.

@@ -12,7 +12,12 @@ fn key(i: u32) -> Vec<u8> {
 
 /// Writes `keys` keys with 1 KiB values tagged `round`, in commits of 500.
 fn fill(store: &Store, keys: u32, round: u8) {
-    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+    fill_range(store, 0, keys, round);
+}
+
+/// Keys `from..to` with 1 KiB values tagged `round`, in commits of 500.
+fn fill_range(store: &Store, from: u32, to: u32, round: u8) {
+    for chunk in (from..to).collect::<Vec<_>>().chunks(500) {
         let mut tx = store.begin_write().unwrap();
         for &i in chunk {
             tx.put(key(i), [round; 1024]).unwrap();
@@ -90,17 +95,6 @@ fn compaction_gives_blocks_back_while_another_handle_maps_the_file() {
     assert!(report.is_ok(), "{report}");
 }
 
-/// Keys `from..to` with 1 KiB values, in commits of 500.
-fn fill_range(store: &Store, from: u32, to: u32) {
-    for chunk in (from..to).collect::<Vec<_>>().chunks(500) {
-        let mut tx = store.begin_write().unwrap();
-        for &i in chunk {
-            tx.put(key(i), [7u8; 1024]).unwrap();
-        }
-        tx.commit().unwrap();
-    }
-}
-
 #[test]
 fn shared_compact_moves_no_live_data_down_that_it_could_not_cut_off() {
     // The first 20,000 keys fill extents that their deletion leaves wholly
@@ -116,8 +110,8 @@ fn shared_compact_moves_no_live_data_down_that_it_could_not_cut_off() {
             .unwrap()
     };
     let store = open();
-    fill_range(&store, 0, 20_000);
-    fill_range(&store, 20_000, 40_000);
+    fill_range(&store, 0, 20_000, 7);
+    fill_range(&store, 20_000, 40_000, 7);
     let mut tx = store.begin_write().unwrap();
     for i in 0..20_000 {
         tx.delete(key(i)).unwrap();
