@@ -519,48 +519,50 @@ impl Backend for SimHandle {
                 .locks
                 .get(&LockId::Writer)
                 .is_some_and(|hs| hs.iter().any(|(h, _)| *h == self.id));
+            // Three runs: in bulk, word by word, in bulk (only the middle
+            // one, the whole range, without the writer lock).
             let (shared_from, shared_to) = if writer {
-                (LIVE_OFFSET, SPACE_WORKING[0])
+                (
+                    LIVE_OFFSET.clamp(start, end),
+                    SPACE_WORKING[0].clamp(start, end),
+                )
             } else {
-                (0, u64::MAX)
+                (start, end)
             };
-            let mut at = start;
-            while at < end {
-                let in_shared = at >= shared_from && at < shared_to;
-                let next = if in_shared {
-                    shared_to
-                } else if at < shared_from {
-                    shared_from
-                } else {
-                    u64::MAX
-                }
-                .min(end);
+            let runs = [
+                (start, shared_from, true),
+                (shared_from, shared_to, false),
+                (shared_to, end, true),
+            ];
+            for (at, next, bulk) in runs {
                 let out = &mut st.durable[at as usize..next as usize];
-                if in_shared {
+                if out.is_empty() {
+                    continue;
+                }
+                if !bulk {
                     load_words(
                         &self.shared.buf[(at / 8) as usize..next.div_ceil(8) as usize],
                         out,
                     );
-                } else {
-                    // SAFETY: `[at, next)` lies inside the buffer (`end` is
-                    // at most the disk's length, which the buffer holds) and
-                    // does not overlap `durable`, a separate allocation. It
-                    // holds meta pages, extent tables, log records and index
-                    // slots: only the holder of the writer lock writes them,
-                    // and this handle holds it (checked above) with the
-                    // engine's writer mutex, whose holder is the caller of
-                    // `flush`, blocked here. Other threads and handles only
-                    // load these words meanwhile; a plain read beside atomic
-                    // reads is no data race.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            self.shared.base().add(at as usize),
-                            out.as_mut_ptr(),
-                            out.len(),
-                        );
-                    }
+                    continue;
                 }
-                at = next;
+                // SAFETY: `[at, next)` lies inside the buffer (`end` is at
+                // most the disk's length, which the buffer holds) and does
+                // not overlap `durable`, a separate allocation. It holds
+                // meta pages, extent tables, log records and index slots:
+                // only the holder of the writer lock writes them, and this
+                // handle holds it (checked above) with the engine's writer
+                // mutex, whose holder is the caller of `flush`, blocked
+                // here. Other threads and handles only load these words
+                // meanwhile; a plain read beside atomic reads is no data
+                // race.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.shared.base().add(at as usize),
+                        out.as_mut_ptr(),
+                        out.len(),
+                    );
+                }
             }
             // Flushed whole pages: their sectors' histories start over.
             if let Some(v) = &mut st.versions {
