@@ -926,35 +926,39 @@ fn compaction_forgets_the_deletes_no_snapshot_can_see_past() {
 /// the wave instead of waiting for later commits to catch up.
 #[test]
 fn a_wave_of_deletes_keeps_the_dead_share_of_the_log_near_the_threshold() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Options::new()
-        .durability(mapkv::Durability::Eventual)
-        .open(dir.path().join("wave.kv"))
-        .unwrap();
-    let keys = 40_000;
-    overwrite_in(&store, keys, 100, 1, 1_000);
-    overwrite_in(&store, keys, 100, 2, 1_000);
-    overwrite_in(&store, keys, 100, 3, 1_000);
-    let dead_share = |s: &mapkv::Stats| s.dead_bytes as f64 / s.log_extent_bytes as f64;
-    let mut worst: f64 = 0.0;
-    let order: Vec<u32> = (0..keys).filter(|i| i % 2 == 0).collect();
-    for chunk in order.chunks(1_000) {
-        let mut tx = store.begin_write().unwrap();
-        for &i in chunk {
-            assert!(tx.delete(key(i)).unwrap());
+    // The default threshold (0.2), then 0.3 (the default until 2026-12-04).
+    for (threshold, limit) in [(None, 0.35), (Some(0.3), 0.45)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = Options::new().durability(mapkv::Durability::Eventual);
+        if let Some(t) = threshold {
+            opts = opts.compact_threshold(t);
         }
-        tx.commit().unwrap();
-        worst = worst.max(dead_share(&store.stats().unwrap()));
+        let store = opts.open(dir.path().join("wave.kv")).unwrap();
+        let keys = 40_000;
+        overwrite_in(&store, keys, 100, 1, 1_000);
+        overwrite_in(&store, keys, 100, 2, 1_000);
+        overwrite_in(&store, keys, 100, 3, 1_000);
+        let dead_share = |s: &mapkv::Stats| s.dead_bytes as f64 / s.log_extent_bytes as f64;
+        let mut worst: f64 = 0.0;
+        let order: Vec<u32> = (0..keys).filter(|i| i % 2 == 0).collect();
+        for chunk in order.chunks(1_000) {
+            let mut tx = store.begin_write().unwrap();
+            for &i in chunk {
+                assert!(tx.delete(key(i)).unwrap());
+            }
+            tx.commit().unwrap();
+            worst = worst.max(dead_share(&store.stats().unwrap()));
+        }
+        println!("threshold {threshold:?}: worst dead share during the wave: {worst:.3}");
+        assert!(
+            worst < limit,
+            "threshold {threshold:?}: the dead share reached {worst:.3}"
+        );
+        for i in 0..keys {
+            let want = (i % 2 == 1).then(|| vec![3; 100]);
+            assert_eq!(store.get(key(i)).unwrap(), want, "key {i}");
+        }
+        let report = store.verify().unwrap();
+        assert!(report.is_ok(), "{report}");
     }
-    println!("worst dead share during the wave: {worst:.3}");
-    assert!(
-        worst < 0.45,
-        "the dead share reached {worst:.3} (threshold 0.3)"
-    );
-    for i in 0..keys {
-        let want = (i % 2 == 1).then(|| vec![3; 100]);
-        assert_eq!(store.get(key(i)).unwrap(), want, "key {i}");
-    }
-    let report = store.verify().unwrap();
-    assert!(report.is_ok(), "{report}");
 }
