@@ -297,7 +297,7 @@ fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
 }
 
 /// Punching costs the file system about 1 ms per MiB, so a write
-/// transaction punches at most 2 MiB of what was freed and the next ones
+/// transaction punches at most 6 MiB of what was freed and the next ones
 /// go on with the rest: after a wave of deletes freed tens of MiB at once,
 /// one commit took 24 ms. Every freed byte is still punched in the end.
 #[test]
@@ -334,13 +334,14 @@ fn freed_space_is_punched_a_little_per_transaction_and_all_in_the_end() {
         most_punched = most_punched.max(holes(&now).saturating_sub(holes(&prev)));
         prev = now;
     }
+    println!("most freed by one commit {most_freed}, most punched {most_punched}");
     assert!(
-        most_freed > 8 << 20,
+        most_freed > 12 << 20,
         "setup: no commit freed much at once ({most_freed} bytes)"
     );
-    // 2 MiB, and the partial pages of the ranges it reached.
+    // 6 MiB, and the partial pages of the ranges it reached.
     assert!(
-        most_punched <= (2 << 20) + (64 << 10),
+        most_punched <= (6 << 20) + (64 << 10),
         "one transaction punched {most_punched} bytes"
     );
     let end = store.stats().unwrap();
