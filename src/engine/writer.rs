@@ -17,9 +17,10 @@ const RECLAIM_CHECKPOINT_MIN: u64 = 1 << 20;
 /// The most freed space a write transaction punches (the rest waits for
 /// the next ones): 5-9 ms on ext4 here (a punch costs ~0.3 ms and then
 /// ~0.7-1.3 ms per MiB). 2 MiB until 2026-12-04: after the comparison's
-/// delete wave and a 60 ms gap, 29-44 commits then punched what was left,
+/// delete wave and a 60 ms gap, ~35 commits then punched what was left,
 /// at 2.5-3.5 ms each (p99 of 2,000 commits 2.5-3.4 ms); at 6 MiB 9-14
-/// commits do, at 7-17 ms (p99 0.5-1.1 ms, max 8-17 ms against 4-7).
+/// commits do, at 7-17 ms (p99 0.5-1.2 ms; max 7.6-17 ms against
+/// 3.7-6.9; docs/DESIGN.md, "Holes").
 const PUNCH_PER_TXN: u64 = 6 << 20;
 
 /// Why the writer lock is taken: what its taker does first.
