@@ -178,7 +178,8 @@ pub(crate) trait Backend: Send + Sync {
     /// Makes sure `[off, off + len)` (inside the file; free space about to
     /// be reused, perhaps punched) has blocks, before anything is written
     /// there: a full disk fails here (`ENOSPC`), never as SIGBUS on a write
-    /// through the map.
+    /// through the map. What the range held may read as zeros afterwards
+    /// (nobody reads free space).
     fn reserve(&self, off: u64, len: u64) -> io::Result<()>;
     /// Bytes of disk the file holds (`st_blocks × 512`): less than its
     /// length where free space was punched.
