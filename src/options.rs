@@ -213,7 +213,7 @@ impl Options {
     /// overwrites and deletes; a small commit walks about 1 KiB at any
     /// threshold. On 1M keys churned (filled, overwritten, half deleted
     /// in random order), the disk held 1.87× the live key and value bytes
-    /// at 0.2 and 2.11× at 0.3, and the delete wave took ~1.3× as long
+    /// at 0.2 and 2.11× at 0.3, and the delete wave took 1.3-1.5× as long
     /// (docs/DESIGN.md, "Compaction"). In `cargo bench --bench space --
     /// overwrite` (random overwrites of 100,000 keys), 0.2 copied 0.69
     /// bytes per byte written, 0.3 copied 0.52 and wrote 30% faster.
