@@ -352,3 +352,41 @@ pub(super) fn random_hash_seed() -> u64 {
     h.write_u64(std::process::id() as u64);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Space reused is zeroed as it is reserved, which drops what the
+    /// page cache held of it: a small write into the large folios that
+    /// earlier large writes left there dirtied, and wrote back, whole
+    /// folios (docs/DESIGN.md, "Holes"). The bytes around it stay.
+    #[test]
+    fn reserving_free_space_drops_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let mib = 1 << 20;
+        file.write_all_at(&vec![7u8; mib], 0).unwrap();
+        if let Err(e) = sys::zero_range(&file, 0, 4096) {
+            assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+            println!("skipped: the file system of {dir:?} cannot zero a range");
+            return;
+        }
+        file.write_all_at(&[7u8; 4096], 0).unwrap();
+        let b = FileBackend::new(file, path, true, true, Faults::default());
+        b.reserve(mib as u64 / 4, mib as u64 / 2).unwrap();
+        let mut buf = vec![1u8; mib];
+        b.file.read_exact_at(&mut buf, 0).unwrap();
+        let (before, rest) = buf.split_at(mib / 4);
+        let (reserved, after) = rest.split_at(mib / 2);
+        assert!(before.iter().all(|&x| x == 7), "the bytes before changed");
+        assert!(reserved.iter().all(|&x| x == 0), "the range kept its bytes");
+        assert!(after.iter().all(|&x| x == 7), "the bytes after changed");
+    }
+}
