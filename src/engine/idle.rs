@@ -25,8 +25,8 @@ const IDLE: Duration = Duration::from_millis(2);
 /// While the writer is busy the thread looks again after at most this.
 /// At 50 ms the thread slept through a good part of the gap after a burst
 /// (the comparison's delete wave leaves ~90 ms of checkpoint and punching,
-/// and its gap is ~0.1 s), and the commits after it did the rest: 17-27
-/// of them at 2.5-5 ms in three runs of a probe, against 3-11 at 5 ms. A
+/// and its gap is 65-100 ms), and the commits after it did the rest: 15-26
+/// of them at 2.5-5 ms in three runs of a probe, against 3-12 at 5 ms. A
 /// look costs a wakeup: 200 a second at most, and only while work is due.
 const RECHECK_MAX: Duration = Duration::from_millis(5);
 
