@@ -300,3 +300,71 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Bytes of `[off, off + len)` that are holes or unwritten extents
+/// (`FS_IOC_FIEMAP`, after syncing the file's data): what reads as zeros
+/// only because the file system says so. Tests use it to tell prepared
+/// space from space merely reserved. `Unsupported` where the file system
+/// has no `FIEMAP`.
+#[cfg(test)]
+pub(crate) fn unwritten_bytes(file: &File, off: u64, len: u64) -> io::Result<u64> {
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const EXTENTS: usize = 64;
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [Extent; EXTENTS],
+    }
+    let (end, mut at, mut written) = (off + len, off, 0u64);
+    while at < end {
+        let mut m = Fiemap {
+            start: at,
+            length: end - at,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: EXTENTS as u32,
+            reserved: 0,
+            extents: [Extent::default(); EXTENTS],
+        };
+        // SAFETY: `m` is a `struct fiemap` header followed by room for
+        // `extent_count` extents, as the ioctl expects, and lives across
+        // the call; the kernel writes only inside it.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) => io::ErrorKind::Unsupported.into(),
+                _ => e,
+            });
+        }
+        let got = &m.extents[..m.mapped_extents as usize];
+        for x in got {
+            let (a, b) = (x.logical.max(off), (x.logical + x.length).min(end));
+            if a < b && x.flags & FIEMAP_EXTENT_UNWRITTEN == 0 {
+                written += b - a;
+            }
+        }
+        match got.last() {
+            Some(x) if got.len() == EXTENTS => at = x.logical + x.length,
+            _ => break,
+        }
+    }
+    Ok(len - written)
+}

@@ -28,6 +28,9 @@ const PREPARE_AHEAD_MIN: u64 = 64 << 10;
 
 const PREPARE_AHEAD_MAX: u64 = 2 << 20;
 
+/// The smallest free range the log fills as an extent of its own.
+pub(crate) const MIN_HOLE: u64 = 64 << 10;
+
 /// Size of a new log extent for a record of `need` bytes: a 128th of the
 /// file, between 1 MiB and 1 GiB (whole MiB), so that the extent table
 /// stays short however large the store grows.
@@ -74,7 +77,7 @@ impl Shared {
         if space.list.len() + 2 > SPACE_ENTRIES {
             return Err(full());
         }
-        if let Some(off) = self.take_reserved(space, size, use_)? {
+        if let Some(off) = self.take_reserved(space, tail, size, use_)? {
             return Ok((off, off + size));
         }
         let off = align_page(st.alloc_end);
@@ -217,5 +220,56 @@ impl Shared {
             }
         }
         tail.prepared_to = end;
+    }
+
+    /// Prepares, a slice per commit, the free range the log takes next
+    /// (`WriteTxn::room`: the lowest free range of at least `MIN_HOLE`, an
+    /// extent of it at most), as `prepare_ahead` prepares new space for
+    /// it. Reused space is unwritten (punched, or zeroed by `reserve`),
+    /// and each page the log's appends first wrote there was converted on
+    /// its own: a work item of the file system's at the end of its I/O,
+    /// on the CPU that took the disk's interrupt, preempting whatever ran
+    /// there (a reader), and an extent-tree block written by the next
+    /// flush. Prepared, the range is converted a slice at a time in the
+    /// background and the log's pages are in the page cache, small.
+    /// A range prepared and then passed over (a lower one was freed, or
+    /// something else took part of it) is queued to be punched again
+    /// wherever it is still free.
+    pub(crate) fn prepare_reuse(
+        &self,
+        map: &Arc<Mapping>,
+        st: &State,
+        space: &Space,
+        tail: &mut Tail,
+        to_punch: &mut Vec<(u64, u64)>,
+        logged: u64,
+    ) {
+        let next = space
+            .lowest_free(MIN_HOLE)
+            .map(|e| (e.off, e.off + e.len.min(extent_size(st, 0))));
+        let at = next.map_or(0, |(at, _)| at);
+        if tail.reuse_at != at {
+            if tail.reuse_to > tail.reuse_at {
+                to_punch.push((tail.reuse_at, tail.reuse_to - tail.reuse_at));
+            }
+            tail.reuse_at = at;
+            tail.reuse_to = at;
+        }
+        let Some((at, end)) = next else {
+            return;
+        };
+        let from = tail.reuse_to.max(at);
+        if from >= end {
+            return;
+        }
+        let budget = (2 * logged).clamp(PREPARE_AHEAD_MIN, PREPARE_AHEAD_MAX);
+        let to = align_page(end.min(from + budget));
+        if self
+            .backend
+            .prepare(map, from, to - from, Prepare::Reuse)
+            .is_ok()
+        {
+            tail.reuse_to = to;
+        }
     }
 }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub(crate) use self::alloc::extent_size;
+pub(crate) use self::alloc::{extent_size, MIN_HOLE};
 pub(crate) use self::idle::{start as start_idle, IdleGuard};
 pub(crate) use self::meta::pick_meta;
 pub(crate) use self::snapshot::SnapshotRecords;
@@ -139,12 +139,18 @@ pub(crate) struct Tail {
     /// The zeros up to here (from `zeros_from`) are prepared: written
     /// again, their extents converted or being converted.
     pub prepared_to: u64,
+    /// `[reuse_at, reuse_to)`: the start of the free range the log takes
+    /// next, prepared for it (`Prepare::Reuse`); empty if none.
+    pub reuse_at: u64,
+    pub reuse_to: u64,
 }
 
 impl Tail {
     pub const UNKNOWN: Tail = Tail {
         zeros_from: u64::MAX,
         prepared_to: 0,
+        reuse_at: 0,
+        reuse_to: 0,
     };
 }
 

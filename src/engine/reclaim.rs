@@ -1,7 +1,7 @@
 //! Reclaiming space: reusing retired extents, relocating the index, shrinking the file, closing.
 
 use super::alloc::MIN_GROWTH;
-use super::{is_enospc, Shared, Writer};
+use super::{is_enospc, Shared, Tail, Writer};
 use crate::error::Result;
 use crate::faults::PausePoint;
 use crate::format::*;
@@ -72,13 +72,20 @@ impl Shared {
             }
             budget -= take;
             let end = off + take;
+            // Not what is prepared for the log's next extent: it would be
+            // unwritten again (queued again if the log passes it over).
+            let (keep_at, keep_to) = (w.tail.reuse_at, w.tail.reuse_to);
             for e in &w.space.list {
                 if e.end() <= off || e.off >= end || !matches!(e.use_, Use::Free) {
                     continue;
                 }
                 let (a, b) = (e.off.max(off), e.end().min(end));
-                // A hint: blocks not given back only cost disk space.
-                let _ = self.backend.punch(a, b - a);
+                for (a, b) in [(a, b.min(keep_at)), (a.max(keep_to), b)] {
+                    if a < b {
+                        // A hint: blocks not given back only cost disk space.
+                        let _ = self.backend.punch(a, b - a);
+                    }
+                }
             }
         }
         all - budget
@@ -86,17 +93,33 @@ impl Shared {
 
     /// Takes the lowest free range that holds `size` bytes, with its
     /// blocks reserved first (it may have been punched): a full disk is an
-    /// `Io` error here and the range stays free.
+    /// `Io` error here and the range stays free. A log extent keeps what
+    /// was prepared for it (`tail`, `prepare_reuse`).
     pub(super) fn take_reserved(
         &self,
         space: &mut Space,
+        tail: &mut Tail,
         size: u64,
         use_: Option<Use>,
     ) -> Result<Option<u64>> {
         let Some(e) = space.lowest_free(size) else {
             return Ok(None);
         };
-        self.backend.reserve(e.off, size).map_err(|err| {
+        let end = e.off + size;
+        let kept = match use_ {
+            Some(Use::Log { .. }) if tail.reuse_at == e.off => tail.reuse_to.min(end),
+            _ => e.off,
+        };
+        let reserved = (|| {
+            if kept > e.off {
+                self.backend.reserve_prepared(e.off, kept - e.off)?;
+            }
+            if end > kept {
+                self.backend.reserve(kept, end - kept)?;
+            }
+            Ok(())
+        })();
+        reserved.map_err(|err| {
             self.io(
                 format!(
                     "reserve {size} bytes of free space at offset {} for reuse",
@@ -105,6 +128,9 @@ impl Shared {
                 err,
             )
         })?;
+        if kept > e.off {
+            (tail.reuse_at, tail.reuse_to) = (0, 0);
+        }
         Ok(space.take_free(size, use_))
     }
 
@@ -198,7 +224,7 @@ impl Shared {
         if !below || w.space.list.len() + 2 > SPACE_ENTRIES {
             return Ok(false);
         }
-        let off = match self.take_reserved(&mut w.space, t.bytes(), None) {
+        let off = match self.take_reserved(&mut w.space, &mut w.tail, t.bytes(), None) {
             Ok(Some(off)) => off,
             Ok(None) => return Ok(false),
             // On a full disk the table stays where it is.

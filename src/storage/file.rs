@@ -181,10 +181,18 @@ impl Backend for FileBackend {
 
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()> {
         let len = len.min(ZERO_FILL_MAX);
-        if self.memory && use_ == Prepare::Log {
-            // tmpfs: `grow` allocated the pages already, zeroed; there is
-            // no conversion of unwritten blocks to get ahead of.
+        if self.memory && use_ != Prepare::Table {
+            // tmpfs: `grow` (or `reserve`) allocated the pages already;
+            // there is no conversion of unwritten blocks to get ahead of.
             return Ok(());
+        }
+        if use_ == Prepare::Reuse {
+            // Drop the old page cache (see `reserve`); unsupported where
+            // nothing was cached in large folios by a disk file system.
+            match sys::zero_range(&self.file, off, len) {
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                r => r?,
+            }
         }
         if use_ == Prepare::Table {
             // Through the map, and left dirty: the move that comes then
@@ -295,6 +303,16 @@ impl Backend for FileBackend {
         }
     }
 
+    fn reserve_prepared(&self, off: u64, len: u64) -> io::Result<()> {
+        self.faults.fallocate()?;
+        // Blocks the prepared zeros already hold make this a no-op; it
+        // matters only where the range was punched since.
+        match sys::fallocate_keep_size(&self.file, off, len) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            r => r,
+        }
+    }
+
     fn allocated_bytes(&self) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.file.metadata()?.blocks() * 512)
@@ -389,5 +407,66 @@ mod tests {
         assert!(before.iter().all(|&x| x == 7), "the bytes before changed");
         assert!(reserved.iter().all(|&x| x == 0), "the range kept its bytes");
         assert!(after.iter().all(|&x| x == 7), "the bytes after changed");
+    }
+
+    /// Free space prepared for the log (`Prepare::Reuse`) is written, not
+    /// merely reserved: the log's appends there then cost the file system
+    /// no conversion of unwritten blocks, page by page, at the end of
+    /// each commit's I/O (docs/DESIGN.md, "Holes"). Reserving it for the
+    /// log keeps it so; reserving it as other free space does not.
+    #[test]
+    fn free_space_prepared_for_the_log_is_written_and_stays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let (mib, quarter) = (1u64 << 20, 1u64 << 18);
+        file.write_all_at(&vec![7u8; mib as usize], 0).unwrap();
+        match (
+            sys::punch_hole(&file, quarter, 2 * quarter),
+            sys::unwritten_bytes(&file, 0, mib),
+        ) {
+            (Ok(()), Ok(_)) => {}
+            (r, u) => {
+                println!("skipped: {dir:?} cannot punch ({r:?}) or map extents ({u:?})");
+                return;
+            }
+        }
+        let b = FileBackend::new(file, path, true, true, Faults::default());
+        let map = b.map(mib).unwrap();
+        assert_eq!(
+            sys::unwritten_bytes(&b.file, quarter, 2 * quarter).unwrap(),
+            2 * quarter,
+            "setup: the hole"
+        );
+        b.prepare(&map, quarter, 2 * quarter, Prepare::Reuse)
+            .unwrap();
+        assert_eq!(
+            sys::unwritten_bytes(&b.file, quarter, 2 * quarter).unwrap(),
+            0,
+            "prepared free space is not written"
+        );
+        b.reserve_prepared(quarter, quarter).unwrap();
+        assert_eq!(
+            sys::unwritten_bytes(&b.file, quarter, quarter).unwrap(),
+            0,
+            "reserving prepared space for the log unwrote it"
+        );
+        b.reserve(2 * quarter, quarter).unwrap();
+        let unwritten = sys::unwritten_bytes(&b.file, 2 * quarter, quarter).unwrap();
+        println!("a plain reserve left {unwritten} of {quarter} bytes unwritten");
+        let mut buf = vec![1u8; mib as usize];
+        b.file.read_exact_at(&mut buf, 0).unwrap();
+        let q = quarter as usize;
+        assert!(buf[..q].iter().all(|&x| x == 7), "the bytes before changed");
+        assert!(buf[q..3 * q].iter().all(|&x| x == 0), "not zeros");
+        assert!(
+            buf[3 * q..].iter().all(|&x| x == 7),
+            "the bytes after changed"
+        );
     }
 }

@@ -154,7 +154,8 @@ pub(crate) trait Backend: Send + Sync {
     /// or for an index table.
     ///
     /// Callers hold the writer lock, and `[off, off + len)` is free space
-    /// past every allocation: no snapshot reaches it and nothing borrows it.
+    /// (past every allocation, or for `Prepare::Reuse` a free range of the
+    /// extent table): no snapshot reaches it and nothing borrows it.
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()>;
     /// Makes `[off, off + len)` (inside the file) read as zeros, cheaply
     /// where the file system can; durable with the next flush of the map.
@@ -181,6 +182,12 @@ pub(crate) trait Backend: Send + Sync {
     /// through the map. What the range held may read as zeros afterwards
     /// (nobody reads free space).
     fn reserve(&self, off: u64, len: u64) -> io::Result<()>;
+    /// [`reserve`](Self::reserve) for a range `prepare` readied for reuse
+    /// (`Prepare::Reuse`): its blocks are made sure of without dropping
+    /// the zeros prepared there.
+    fn reserve_prepared(&self, off: u64, len: u64) -> io::Result<()> {
+        self.reserve(off, len)
+    }
     /// Bytes of disk the file holds (`st_blocks × 512`): less than its
     /// length where free space was punched.
     fn allocated_bytes(&self) -> io::Result<u64>;
@@ -210,6 +217,11 @@ pub(crate) enum Prepare {
     /// mapped writable when its move starts and a slot store costs no
     /// fault.
     Table,
+    /// A free range inside the file that the log takes next (reused
+    /// space, unwritten): what the page cache still holds of it is dropped
+    /// first (the large folios of the writes that filled it before, which
+    /// a small write would dirty whole), then as `Log`.
+    Reuse,
 }
 
 /// What keeps a mapping's memory alive.

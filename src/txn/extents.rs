@@ -1,14 +1,11 @@
 //! The log cursor: room for the next record, moving to a new extent, the index table a commit prepares, and undoing extent-table changes.
 
 use super::WriteTxn;
-use crate::engine::extent_size;
+use crate::engine::{extent_size, MIN_HOLE};
 use crate::error::Result;
 use crate::format::*;
 use crate::log::{self, Cursor};
 use crate::space::{Space, Use};
-
-/// The smallest free range the log fills as an extent of its own.
-const MIN_HOLE: u64 = 64 << 10;
 
 impl<'s> WriteTxn<'s> {
     /// Room for a record of `size` bytes at the tail. When the extent is

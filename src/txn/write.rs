@@ -390,6 +390,14 @@ impl<'s> WriteTxn<'s> {
             self.bytes,
             self.fresh_keys,
         );
+        self.shared.prepare_reuse(
+            &map,
+            &st,
+            &w.space,
+            &mut w.tail,
+            &mut w.to_punch,
+            self.bytes,
+        );
         // 6. Publish: readers that begin from now on see the commit.
         self.shared.faults.hot_point(PausePoint::BeforePublish);
         self.shared.publish(&mut self.w, &map, &mut st);
