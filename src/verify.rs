@@ -35,7 +35,9 @@ pub struct Stats {
     pub file_bytes: u64,
     /// Disk space the file holds (its allocated blocks): below
     /// `file_bytes` by the free space whose blocks were given back (punched
-    /// holes), above it by blocks reserved past its end. 0 where unknown.
+    /// holes; all of it but the free range the log takes next, up to one
+    /// log extent, which is kept written for it), above it by blocks
+    /// reserved past its end. 0 where unknown.
     pub allocated_bytes: u64,
     /// `file_bytes / live_bytes` (0 when there is no live data).
     pub space_amplification: f64,
