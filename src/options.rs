@@ -212,7 +212,7 @@ impl Options {
     /// `0.2`. Lower keeps the log smaller and copies more in bursts of
     /// overwrites and deletes; a small commit walks about 1 KiB at any
     /// threshold. On 1M keys churned (filled, overwritten, half deleted
-    /// in random order), the disk held 1.87× the live key and value bytes
+    /// in random order), the disk held 1.87-1.90× the live key and value bytes
     /// at 0.2 and 2.11× at 0.3, and the delete wave took 1.3-1.5× as long
     /// (docs/DESIGN.md, "Compaction"). In `cargo bench --bench space --
     /// overwrite` (random overwrites of 100,000 keys), 0.2 copied 0.69
