@@ -279,11 +279,17 @@ fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
         "freed only {} bytes: {report:?}",
         report.bytes_freed
     );
+    // 9 MB deleted: at least 7 MB back, and what is left at most one
+    // value over the live bytes. (The full disk's own slack varies: free
+    // space kept back from punching for the log, which tmpfs no longer
+    // does, held 1 MiB more of it and made 8 MB back the bar.)
     assert!(
-        after.allocated_bytes + 8_000_000 <= full.allocated_bytes,
-        "disk held {} bytes before, {} after",
+        after.allocated_bytes + 7_000_000 <= full.allocated_bytes
+            && after.allocated_bytes <= after.live_bytes + 3_000_000,
+        "disk held {} bytes before, {} after, for {} live",
         full.allocated_bytes,
-        after.allocated_bytes
+        after.allocated_bytes,
+        after.live_bytes
     );
     assert!(after.file_bytes <= full.file_bytes, "the file grew");
     for i in 3..n {

@@ -184,7 +184,12 @@ impl Backend for FileBackend {
         if self.memory && use_ != Prepare::Table {
             // tmpfs: `grow` (or `reserve`) allocated the pages already;
             // there is no conversion of unwritten blocks to get ahead of.
-            return Ok(());
+            // Free space is not kept back from punching for nothing: it
+            // is memory.
+            return match use_ {
+                Prepare::Reuse => Err(io::ErrorKind::Unsupported.into()),
+                _ => Ok(()),
+            };
         }
         if use_ == Prepare::Reuse {
             // Drop the old page cache (see `reserve`); unsupported where

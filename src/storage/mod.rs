@@ -150,7 +150,10 @@ pub(crate) trait Backend: Send + Sync {
     /// starts writing them out, so that its flush does not pay the file
     /// system's conversion of unwritten blocks (docs/DESIGN.md, "Growth",
     /// "Preparing ahead"). May do less than `len`; nothing depends on it
-    /// for correctness. `use_` says whether the space is meant for the log
+    /// for correctness. An error says nothing was prepared: a range
+    /// prepared for reuse is kept back from punching, and one that is not
+    /// should not be (`Unsupported`: there is nothing to gain, as on
+    /// tmpfs). `use_` says whether the space is meant for the log
     /// or for an index table.
     ///
     /// Callers hold the writer lock, and `[off, off + len)` is free space
