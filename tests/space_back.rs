@@ -280,9 +280,10 @@ fn compaction_on_a_full_disk_frees_space_without_growing_the_file() {
         report.bytes_freed
     );
     // 9 MB deleted: at least 7 MB back, and what is left at most one
-    // value over the live bytes. (The full disk's own slack varies: free
-    // space kept back from punching for the log, which tmpfs no longer
-    // does, held 1 MiB more of it and made 8 MB back the bar.)
+    // value over the live bytes. (The full disk's own slack varies: when
+    // every commit prepared the log's next free range, these 3 MB puts
+    // kept 1 MiB more of it back from punching, and 8 MB back was the
+    // bar; commits this large no longer prepare.)
     assert!(
         after.allocated_bytes + 7_000_000 <= full.allocated_bytes
             && after.allocated_bytes <= after.live_bytes + 3_000_000,

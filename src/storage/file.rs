@@ -182,10 +182,10 @@ impl Backend for FileBackend {
     fn prepare(&self, map: &Mapping, off: u64, len: u64, use_: Prepare) -> io::Result<()> {
         let len = len.min(ZERO_FILL_MAX);
         if self.memory && use_ != Prepare::Table {
-            // tmpfs: `grow` (or `reserve`) allocated the pages already;
-            // there is no conversion of unwritten blocks to get ahead of.
-            // Free space is not kept back from punching for nothing: it
-            // is memory.
+            // Shared memory (tmpfs): `grow` (or `reserve`) allocated the
+            // pages already; there is no conversion of unwritten blocks to
+            // get ahead of. Free space is not kept back from punching for
+            // nothing: it is memory.
             return match use_ {
                 Prepare::Reuse => Err(io::ErrorKind::Unsupported.into()),
                 _ => Ok(()),
