@@ -381,12 +381,9 @@ pub(super) fn random_hash_seed() -> u64 {
 mod tests {
     use super::*;
 
-    /// Space reused is zeroed as it is reserved, which drops what the
-    /// page cache held of it: a small write into the large folios that
-    /// earlier large writes left there dirtied, and wrote back, whole
-    /// folios (docs/DESIGN.md, "Holes"). The bytes around it stay.
-    #[test]
-    fn reserving_free_space_drops_what_it_held() {
+    /// A new empty file in a temporary directory (kept alive by the
+    /// first value).
+    fn scratch_file() -> (tempfile::TempDir, PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = std::fs::OpenOptions::new()
@@ -395,6 +392,16 @@ mod tests {
             .create_new(true)
             .open(&path)
             .unwrap();
+        (dir, path, file)
+    }
+
+    /// Space reused is zeroed as it is reserved, which drops what the
+    /// page cache held of it: a small write into the large folios that
+    /// earlier large writes left there dirtied, and wrote back, whole
+    /// folios (docs/DESIGN.md, "Holes"). The bytes around it stay.
+    #[test]
+    fn reserving_free_space_drops_what_it_held() {
+        let (dir, path, file) = scratch_file();
         let mib = 1 << 20;
         file.write_all_at(&vec![7u8; mib], 0).unwrap();
         if let Err(e) = sys::zero_range(&file, 0, 4096) {
@@ -421,14 +428,7 @@ mod tests {
     /// log keeps it so; reserving it as other free space does not.
     #[test]
     fn free_space_prepared_for_the_log_is_written_and_stays_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
+        let (dir, path, file) = scratch_file();
         let (mib, quarter) = (1u64 << 20, 1u64 << 18);
         file.write_all_at(&vec![7u8; mib as usize], 0).unwrap();
         match (
