@@ -152,9 +152,9 @@ pub(crate) trait Backend: Send + Sync {
     /// "Preparing ahead"). May do less than `len`; nothing depends on it
     /// for correctness. An error says nothing was prepared: a range
     /// prepared for reuse is kept back from punching, and one that is not
-    /// should not be (`Unsupported`: there is nothing to gain, as on
-    /// tmpfs). `use_` says whether the space is meant for the log
-    /// or for an index table.
+    /// should not be (`Unsupported`: there is nothing to gain, as in a
+    /// store in shared memory). `use_` says whether the space is meant
+    /// for the log or for an index table.
     ///
     /// Callers hold the writer lock, and `[off, off + len)` is free space
     /// (past every allocation, or for `Prepare::Reuse` a free range of the
