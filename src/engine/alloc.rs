@@ -29,7 +29,7 @@ const PREPARE_AHEAD_MIN: u64 = 64 << 10;
 const PREPARE_AHEAD_MAX: u64 = 2 << 20;
 
 /// The smallest free range the log fills as an extent of its own.
-pub(crate) const MIN_HOLE: u64 = 64 << 10;
+const MIN_HOLE: u64 = 64 << 10;
 
 /// `prepare_reuse` prepares after commits that logged less than this,
 /// `REUSE_SLICE` at a time: a larger commit's flush converts its pages
@@ -46,6 +46,17 @@ const REUSE_SLICE: u64 = 64 << 10;
 pub(crate) fn extent_size(st: &State, need: u64) -> u64 {
     let scaled = (st.file_len / 128).clamp(LOG_EXTENT, 1 << 30);
     align_page(need).max(scaled.div_ceil(LOG_EXTENT) * LOG_EXTENT)
+}
+
+/// The free range a new log extent for a record of `need` bytes takes,
+/// as (offset, length): the lowest free range that holds it and at least
+/// `MIN_HOLE`, used whole if smaller than an extent (holes left by reuse
+/// fill up, and data drifts to the start), else an extent of it. `None`:
+/// the extent comes from new space.
+pub(crate) fn log_reuse(space: &Space, st: &State, need: u64) -> Option<(u64, u64)> {
+    space
+        .lowest_free(need.max(MIN_HOLE))
+        .map(|e| (e.off, e.len.min(extent_size(st, need))))
 }
 
 impl Shared {
@@ -232,8 +243,7 @@ impl Shared {
     }
 
     /// Prepares, a slice per commit, the free range the log takes next
-    /// (`WriteTxn::room`: the lowest free range of at least `MIN_HOLE`, an
-    /// extent of it at most), as `prepare_ahead` prepares new space for
+    /// (`log_reuse`, for a small record), as `prepare_ahead` prepares new space for
     /// it. Reused space is unwritten (punched, or zeroed by `reserve`),
     /// and each page the log's appends first wrote there was converted on
     /// its own: a work item of the file system's at the end of its I/O,
@@ -255,9 +265,7 @@ impl Shared {
         to_punch: &mut Vec<(u64, u64)>,
         logged: u64,
     ) {
-        let next = space
-            .lowest_free(MIN_HOLE)
-            .map(|e| (e.off, e.off + e.len.min(extent_size(st, 0))));
+        let next = log_reuse(space, st, 0).map(|(at, len)| (at, at + len));
         let at = next.map_or(0, |(at, _)| at);
         if tail.reuse_at != at {
             if tail.reuse_to > tail.reuse_at {

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub(crate) use self::alloc::{extent_size, MIN_HOLE};
+pub(crate) use self::alloc::{extent_size, log_reuse};
 pub(crate) use self::idle::{start as start_idle, IdleGuard};
 pub(crate) use self::meta::pick_meta;
 pub(crate) use self::snapshot::SnapshotRecords;

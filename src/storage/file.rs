@@ -48,6 +48,16 @@ impl FileBackend {
         }
     }
 
+    /// Allocates the blocks of `[off, off + len)` without changing what it
+    /// reads. Where nothing can be reserved, nothing could be punched
+    /// either: the blocks are still there.
+    fn keep_blocks(&self, off: u64, len: u64) -> io::Result<()> {
+        match sys::fallocate_keep_size(&self.file, off, len) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            r => r,
+        }
+    }
+
     /// Marks the file as memory (a tmpfs object): no flushes.
     pub(crate) fn in_memory(mut self) -> FileBackend {
         self.memory = true;
@@ -297,13 +307,7 @@ impl Backend for FileBackend {
         // store, 75 KB per one-put commit (12.5 KB with this), in folios
         // of up to 256 KiB (order 6).
         match sys::zero_range(&self.file, off, len) {
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
-            r => return r,
-        }
-        match sys::fallocate_keep_size(&self.file, off, len) {
-            // Where nothing can be reserved, nothing could be punched
-            // either: the blocks are still there.
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => self.keep_blocks(off, len),
             r => r,
         }
     }
@@ -312,10 +316,7 @@ impl Backend for FileBackend {
         self.faults.fallocate()?;
         // Blocks the prepared zeros already hold make this a no-op; it
         // matters only where the range was punched since.
-        match sys::fallocate_keep_size(&self.file, off, len) {
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
-            r => r,
-        }
+        self.keep_blocks(off, len)
     }
 
     fn allocated_bytes(&self) -> io::Result<u64> {

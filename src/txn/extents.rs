@@ -1,7 +1,7 @@
 //! The log cursor: room for the next record, moving to a new extent, the index table a commit prepares, and undoing extent-table changes.
 
 use super::WriteTxn;
-use crate::engine::{extent_size, MIN_HOLE};
+use crate::engine::{extent_size, log_reuse};
 use crate::error::Result;
 use crate::format::*;
 use crate::log::{self, Cursor};
@@ -33,12 +33,10 @@ impl<'s> WriteTxn<'s> {
     /// extent or (when it is full) a new one, without taking it.
     pub(super) fn room(&mut self, size: u64) -> Result<()> {
         if self.cur.pos + size + NEXT_RECORD_SIZE > self.cur.end {
-            // A free range lower in the file that holds the record (and at
-            // least 64 KiB) is used whole even if smaller than an extent:
-            // holes left by reuse fill up, and data drifts to the start.
+            // A free range lower in the file, or new space.
             let need = align_page(size + NEXT_RECORD_SIZE);
-            let len = match self.w.space.lowest_free(need.max(MIN_HOLE)) {
-                Some(e) => e.len.min(extent_size(&self.base, need)),
+            let len = match log_reuse(&self.w.space, &self.base, need) {
+                Some((_, len)) => len,
                 None => extent_size(&self.base, need),
             };
             self.next_extent(len)?;
