@@ -35,6 +35,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub(crate) use self::alloc::{extent_size, log_reuse};
+pub(crate) use self::apply::Finals;
 pub(crate) use self::idle::{start as start_idle, IdleGuard};
 pub(crate) use self::meta::pick_meta;
 pub(crate) use self::snapshot::SnapshotRecords;

@@ -49,6 +49,26 @@ impl Pending {
     }
 }
 
+/// A commit's final records (`engine::Finals`), derived from its
+/// `pending` one at a time as the index takes them.
+pub(super) struct OwnFinals<'a> {
+    pub(super) pending: &'a [Pending],
+    pub(super) seq: u64,
+    pub(super) fence: Fence,
+}
+
+impl crate::engine::Finals for OwnFinals<'_> {
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+    fn get(&self, i: usize) -> Result<(u64, log::Record), u64> {
+        let p = &self.pending[i];
+        p.record(self.seq, &self.fence)
+            .map(|r| (p.hash, r))
+            .ok_or(p.off)
+    }
+}
+
 /// An entry of the transaction's table of keys: the high half of the
 /// key's hash and the key's index in `pending`. Eight bytes: with whole
 /// `Pending`s in the table, a transaction of 1M keys wrote a 32 MiB table

@@ -1,6 +1,6 @@
 //! The write transaction's life: begin, get, put, delete, commit or abort.
 
-use super::keyset::Pending;
+use super::keyset::{OwnFinals, Pending};
 use super::stage::Staged;
 use super::{check_key, check_value, WriteTxn};
 use crate::engine::Shared;
@@ -303,14 +303,15 @@ impl<'s> WriteTxn<'s> {
         // the disk (docs/DESIGN.md, "Why replay finds the same slots").
         let seq = self.seq();
         let fence = self.staged.fence;
-        let finals = self
+        // Checked here, before anything is committed; `apply` derives the
+        // records again as it goes.
+        if let Some(p) = self
             .pending
             .iter()
-            .map(|p| match p.record(seq, &fence) {
-                Some(rec) => Ok((p.hash, rec)),
-                None => Err(self.shared.corrupted(p.off, "own record outside the log")),
-            })
-            .collect::<Result<Vec<(u64, log::Record)>>>()?;
+            .find(|p| p.record(seq, &fence).is_none())
+        {
+            return Err(self.shared.corrupted(p.off, "own record outside the log"));
+        }
         // 0. After a clean close the meta page says the index on disk is
         //    the checkpoint's; say otherwise, on disk, before any slot
         //    changes.
@@ -366,7 +367,18 @@ impl<'s> WriteTxn<'s> {
         let seq = st.seq;
         let applied = self
             .shared
-            .apply(&mut map, &mut st, &mut space, &finals, seq, self.index_move)
+            .apply(
+                &mut map,
+                &mut st,
+                &mut space,
+                &OwnFinals {
+                    pending: &self.pending,
+                    seq,
+                    fence,
+                },
+                seq,
+                self.index_move,
+            )
             .and_then(|()| self.shared.forget(&map, &st, &self.forgotten, seq));
         self.shared.retire(&mut st, &mut space, &self.retired, seq);
         st.moved_total += self.moved;
