@@ -291,9 +291,11 @@ impl Backend for FileBackend {
         // A thread of its own: fadvise submits the reads before it returns,
         // which for a whole store takes long enough to show in an open.
         // A new open file description, not a `dup` of ours: OFD locks
-        // belong to the description, and a dup would keep this handle's
-        // locks (Open, its reader-table chunks, Pin) alive after it closed,
-        // until the thread ends. The page cache is the file's either way.
+        // belong to the description, and while the thread was detached a
+        // dup kept this handle's locks (Open, its reader-table chunks,
+        // Pin) after it closed. Now close joins the thread; the thread
+        // still shares none of the handle's locks. The page cache is the
+        // file's either way.
         let Ok(file) = File::open(&self.path) else {
             return;
         };
