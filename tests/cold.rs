@@ -90,8 +90,8 @@ fn opening_a_cold_store_reads_it_into_memory_unless_told_not_to() {
 }
 
 /// Closing a handle stops its warming thread and waits for it, so no
-/// thread of a closed store is left running (a leak checker once caught
-/// one exiting); and the thread opens the file anew, so nothing of the
+/// thread of a closed store is left running (the likely cause of a leak
+/// checker's reports in fuzzing: fuzz/README.md); and the thread opens the file anew, so nothing of the
 /// handle's OFD locks outlives the close: another handle is alone, and its
 /// `compact()` shrinks the file.
 #[test]

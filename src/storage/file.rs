@@ -43,9 +43,9 @@ struct Warmer {
 impl Drop for FileBackend {
     /// A closed store leaves no thread behind: the warming thread stops at
     /// its next piece (at most one `fadvise` of `WARM_CHUNK`) and is
-    /// joined. A detached one outlived the handle, and a leak checker
-    /// that looked while it exited reported its thread-local destructor
-    /// list (fuzz/README.md).
+    /// joined. A detached one outlived the handle; a leak checker that
+    /// looked while it exited is the likely cause of the reports of its
+    /// thread-local destructor list in fuzzing (fuzz/README.md).
     fn drop(&mut self) {
         let warmer = match self.warmer.get_mut() {
             Ok(w) => w.take(),
