@@ -47,11 +47,8 @@ impl Drop for FileBackend {
     /// looked while it exited is the likely cause of the reports of its
     /// thread-local destructor list in fuzzing (fuzz/README.md).
     fn drop(&mut self) {
-        let warmer = match self.warmer.get_mut() {
-            Ok(w) => w.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(Warmer { stop, thread }) = warmer {
+        let warmer = self.warmer.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(Warmer { stop, thread }) = warmer.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = thread.join();
         }
@@ -325,10 +322,7 @@ impl Backend for FileBackend {
             });
         // No thread (resource limits): the store is only colder.
         if let Ok(thread) = spawned {
-            let mut slot = match self.warmer.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut slot = self.warmer.lock().unwrap_or_else(|e| e.into_inner());
             // One warming per open; a second would only replace a finished
             // one, which is joined here rather than at close.
             if let Some(old) = slot.replace(Warmer { stop, thread }) {
